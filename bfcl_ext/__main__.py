@@ -1,0 +1,3 @@
+from bfcl_ext.cli import main
+
+raise SystemExit(main())

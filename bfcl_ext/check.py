@@ -1,0 +1,84 @@
+"""``bfcl-ext check``: readiness plus one real tool-call round trip, in a few seconds."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+
+from bfcl_ext.config import Settings
+from bfcl_ext.endpoint import Endpoint
+from bfcl_ext.errors import NotReadyError
+from bfcl_ext.run import serving, wait_ready
+from bfcl_ext.signals import Interruptions
+
+PROBE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "City name, e.g. Paris"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def tool_call_round_trip(endpoint: Endpoint, model: str, timeout: float) -> dict[str, Any]:
+    """Send one chat request with a tool; return what came back (raises NotReadyError if refused)."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "What is the weather in Paris? Use the tool."}],
+        "tools": [PROBE_TOOL],
+        "tool_choice": "auto",
+        "temperature": 0.001,
+        "max_tokens": 128,
+    }
+    started = time.monotonic()
+    try:
+        response = requests.post(
+            endpoint.url("/chat/completions"), json=body, headers=endpoint.auth_headers(), timeout=timeout
+        )
+    except requests.RequestException as error:
+        raise NotReadyError(f"tool-call request to {endpoint.base_url} failed: {type(error).__name__}") from None
+    latency = time.monotonic() - started
+    if response.status_code != 200:
+        raise NotReadyError(
+            f"{endpoint.url('/chat/completions')} refused a request with tools (HTTP {response.status_code}: "
+            f"{_error_message(response)}); a vLLM server needs --enable-auto-tool-choice --tool-call-parser NAME"
+        )
+    message = (response.json().get("choices") or [{}])[0].get("message") or {}
+    calls = message.get("tool_calls") or []
+    return {"latency_s": round(latency, 3), "tool_calls": [c.get("function", {}) for c in calls],
+            "content": message.get("content")}
+
+
+def _error_message(response: requests.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return response.text[:200]
+    error = payload.get("error", payload) if isinstance(payload, dict) else payload
+    return str(error.get("message", error) if isinstance(error, dict) else error)[:200]
+
+
+def check(settings: Settings, environ: Mapping[str, str], interruptions: Interruptions) -> int:
+    with serving(settings, environ) as server:
+        info = wait_ready(settings, server, settings.wait_timeout)
+        model = settings.model_name_served or info.models[0]  # no model named: ask the first one served
+        trip = tool_call_round_trip(server.endpoint, model, settings.request_timeout)
+    print(f"endpoint:       {server.endpoint.base_url}")
+    print(f"server version: {info.version or 'unknown'}")
+    print(f"models:         {', '.join(info.models)} (asked: {model})")
+    print(f"round trip:     {trip['latency_s']:.3f} s")
+    if trip["tool_calls"]:
+        print(f"tool call:      yes: {json.dumps(trip['tool_calls'])[:200]}")
+    else:
+        print("tool call:      no (the server accepted tools; the model answered in text)", file=sys.stdout)
+    return 0

@@ -1,0 +1,348 @@
+"""Every setting, resolved once: flag > process environment > ``.env`` file > default.
+
+This is the only module that looks at the environment. It returns a frozen ``Settings``
+that every other module receives; bad values raise ``ConfigError`` (exit code 2) with one
+line that names the setting and the value, before any network call is made.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from bfcl_ext.endpoint import Endpoint
+from bfcl_ext.errors import ConfigError
+
+DEFAULT_ENV_FILE = Path(".env")
+DEFAULT_PORT = 8000
+DEFAULT_WAIT_TIMEOUT = 1800.0  # a 70B model read from network storage can take 20+ minutes
+DEFAULT_NUM_THREADS = 64
+SECRET_MARKERS = ("key", "token", "secret", "password", "passwd", "credential", "auth")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the settings table (README "Settings" lists the same rows)."""
+
+    name: str  # attribute on Settings
+    env: str | None  # environment / .env variable
+    flag: str  # command-line flag
+    default: Any
+    parse: Callable[[str, str], Any]  # (setting label, raw text) -> value
+    help: str
+
+
+def _text(_label: str, raw: str) -> str:
+    return raw
+
+
+def _optional_text(_label: str, raw: str) -> str | None:
+    return raw or None
+
+
+def _number(kind: type, low: float, high: float | None = None) -> Callable[[str, str], Any]:
+    def parse(label: str, raw: str) -> Any:
+        try:
+            value = kind(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(label, raw, f"not a{'n integer' if kind is int else ' number'}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ConfigError(label, raw, f"must be {bound}")
+        return value
+
+    return parse
+
+
+def _optional_int(low: int) -> Callable[[str, str], int | None]:
+    as_int = _number(int, low)
+
+    def parse(label: str, raw: str) -> int | None:
+        return None if raw in ("", "all", "none") else as_int(label, raw)
+
+    return parse
+
+
+def _boolean(label: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(label, raw, "expected 1/0, true/false, yes/no or on/off")
+
+
+def _words(label: str, raw: str) -> tuple[str, ...]:
+    try:
+        return tuple(shlex.split(raw))
+    except ValueError as error:
+        raise ConfigError(label, raw, f"cannot split into arguments ({error})") from None
+
+
+def _categories(label: str, raw: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in raw.replace(" ", ",").split(",") if part.strip())
+    if not names:
+        raise ConfigError(label, raw, "name at least one BFCL test category")
+    return names
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model", "BFCL_EXT_MODEL", "--model", None, _optional_text,
+           "model to score: the name the server serves, or a BFCL registry name (`bfcl-ext models`)"),
+    Option("test_categories", "BFCL_EXT_TEST_CATEGORY", "--test-category", None, _categories,
+           "comma-separated BFCL categories or collections (simple_python, non_live, ...)"),
+    Option("vllm_endpoint", "VLLM_ENDPOINT", "--vllm-endpoint", "localhost", _text,
+           "server host name or address, or a full URL"),
+    Option("vllm_port", "VLLM_PORT", "--vllm-port", DEFAULT_PORT, _number(int, 1, 65535), "server port"),
+    Option("base_url", "VLLM_BASE_URL", "--base-url", None, _optional_text,
+           "full OpenAI base URL (https, path prefix); overrides endpoint and port"),
+    Option("api_key", "VLLM_API_KEY", "--api-key", None, _optional_text,
+           "bearer key the server requires (prefer the environment or .env: flags show in `ps`)"),
+    Option("skip_vllm", "BFCL_EXT_SKIP_VLLM", "--skip-vllm", False, _boolean,
+           "do not launch vLLM: use the server already running at the endpoint"),
+    Option("output_dir", "BFCL_EXT_OUTPUT_DIR", "--output-dir", Path("bfcl-results"),
+           lambda _label, raw: Path(raw), "folder for results, scores, summary.json, manifest.json, logs"),
+    Option("wait_timeout", "BFCL_EXT_WAIT_TIMEOUT", "--wait-timeout", DEFAULT_WAIT_TIMEOUT,
+           _number(float, 0), "seconds to wait for the server to be ready"),
+    Option("served_model_name", "BFCL_EXT_SERVED_MODEL_NAME", "--served-model-name", None, _optional_text,
+           "name the server serves the model under, if not the model name"),
+    Option("num_threads", "BFCL_EXT_NUM_THREADS", "--num-threads", DEFAULT_NUM_THREADS,
+           _number(int, 1, 1024), "concurrent requests"),
+    Option("vllm_command", "BFCL_EXT_VLLM_COMMAND", "--vllm-command", ("vllm", "serve"), _words,
+           "command that starts vLLM (managed mode)"),
+    Option("vllm_args", "BFCL_EXT_VLLM_ARGS", "--vllm-args", (), _words,
+           "extra vLLM arguments (managed mode)"),
+    Option("vllm_bind", "BFCL_EXT_VLLM_BIND", "--vllm-bind", None, _optional_text,
+           "address the managed vLLM listens on (default: the endpoint host; localhost -> 127.0.0.1)"),
+    Option("limit", "BFCL_EXT_LIMIT", "--limit", None, _optional_int(1),
+           "only the first N entries of each category (a partial, smoke run)"),
+    Option("temperature", "BFCL_EXT_TEMPERATURE", "--temperature", 0.001, _number(float, 0, 2),
+           "sampling temperature sent with each request (BFCL's default)"),
+    Option("request_timeout", "BFCL_EXT_REQUEST_TIMEOUT", "--request-timeout", 600.0, _number(float, 1),
+           "seconds one request may take before it counts as failed"),
+    Option("max_retries", "BFCL_EXT_MAX_RETRIES", "--max-retries", 4, _number(int, 0, 50),
+           "retries of one request on transport errors, 5xx and 429 (backoff with jitter, Retry-After)"),
+    Option("retry_rounds", "BFCL_EXT_RETRY_ROUNDS", "--retry-rounds", 3, _number(int, 0, 50),
+           "passes over entries that still failed for transport reasons"),
+    Option("recovery_timeout", "BFCL_EXT_RECOVERY_TIMEOUT", "--recovery-timeout", 600.0, _number(float, 0),
+           "seconds to wait for a server that went away mid-run to come back"),
+    Option("tokenizer", "BFCL_EXT_TOKENIZER", "--tokenizer", None, _optional_text,
+           "local tokenizer folder for BFCL registry models that format prompts on the client"),
+    Option("stop_grace", "BFCL_EXT_STOP_GRACE", "--stop-grace", 30.0, _number(float, 0),
+           "seconds the managed vLLM gets between SIGTERM and SIGKILL"),
+)
+OPTION_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved configuration. ``api_key`` is hidden from ``repr``."""
+
+    model: str | None
+    test_categories: tuple[str, ...] | None
+    endpoint: Endpoint
+    skip_vllm: bool
+    output_dir: Path
+    wait_timeout: float
+    served_model_name: str | None
+    num_threads: int
+    vllm_command: tuple[str, ...]
+    vllm_args: tuple[str, ...]
+    vllm_bind: str
+    limit: int | None
+    temperature: float
+    request_timeout: float
+    max_retries: int
+    retry_rounds: int
+    recovery_timeout: float
+    tokenizer: Path | None
+    stop_grace: float
+    env_file: Path | None
+    slurm_job_id: str | None = None  # SLURM's, not a user setting: seeds the managed server's port
+    sources: Mapping[str, str] = field(default_factory=dict)  # setting -> flag / env / .env / default
+
+    @property
+    def model_name_served(self) -> str:
+        """The ``model`` field of every request: what the server must list in /v1/models."""
+        return self.served_model_name or self.model or ""
+
+    def redacted(self) -> dict[str, Any]:
+        """Every setting as plain JSON values, secrets replaced by a marker."""
+        values = {name: getattr(self, name) for name in OPTION_BY_NAME if hasattr(self, name)}
+        values["base_url"] = self.endpoint.base_url
+        values["api_key"] = "<redacted>" if self.endpoint.api_key else None
+        values["env_file"] = self.env_file
+        values["sources"] = dict(self.sources)
+        return {key: _plain(value) for key, value in sorted(values.items())}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def is_secret_name(name: str) -> bool:
+    lowered = name.lower()
+    return any(marker in lowered for marker in SECRET_MARKERS)
+
+
+def resolve(
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    env_file: Path | None = None,
+    *,
+    defaults: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build ``Settings`` from parsed flags (only those the user gave), the environment and a .env file.
+
+    ``env_file=None`` reads ``./.env`` when it exists; an explicit file must exist.
+    ``defaults`` replaces built-in defaults (the container images default to skip mode).
+    """
+    dotenv_values, env_path = _read_env_file(env_file)
+    raw: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for option in OPTIONS:
+        value, source = _pick(option, flags, environ, dotenv_values, defaults or {})
+        raw[option.name] = value
+        sources[option.name] = source
+    return _build(raw, sources, env_path, environ.get("SLURM_JOB_ID"))
+
+
+def _read_env_file(env_file: Path | None) -> tuple[dict[str, str], Path | None]:
+    from dotenv import dotenv_values  # parsed only: never written into os.environ
+
+    path = env_file if env_file is not None else DEFAULT_ENV_FILE
+    if not path.exists():
+        if env_file is not None:
+            raise ConfigError("--env-file", str(env_file), "file not found")
+        return {}, None
+    if not path.is_file():
+        raise ConfigError("--env-file", str(path), "not a file")
+    try:
+        values = dotenv_values(path)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError("--env-file", str(path), f"cannot read ({error.__class__.__name__})") from None
+    return {key: value for key, value in values.items() if value is not None}, path
+
+
+def _pick(
+    option: Option,
+    flags: Mapping[str, Any],
+    environ: Mapping[str, str],
+    dotenv_values: Mapping[str, str],
+    defaults: Mapping[str, Any],
+) -> tuple[Any, str]:
+    if flags.get(option.name) is not None:
+        value = flags[option.name]
+        return (option.parse(option.flag, value) if isinstance(value, str) else value), "flag"
+    if option.env and option.env in environ:
+        return option.parse(option.env, environ[option.env]), "environment"
+    if option.env and option.env in dotenv_values:
+        return option.parse(option.env, dotenv_values[option.env]), ".env"
+    if option.name in defaults:
+        return defaults[option.name], "default"
+    return option.default, "default"
+
+
+def _build(raw: dict[str, Any], sources: dict[str, str], env_path: Path | None, slurm_job_id: str | None) -> Settings:
+    endpoint = _endpoint(raw, sources)
+    return Settings(
+        model=raw["model"],
+        test_categories=raw["test_categories"],
+        endpoint=endpoint,
+        skip_vllm=raw["skip_vllm"],
+        output_dir=raw["output_dir"],
+        wait_timeout=raw["wait_timeout"],
+        served_model_name=raw["served_model_name"],
+        num_threads=raw["num_threads"],
+        vllm_command=_nonempty_command(raw["vllm_command"]),
+        vllm_args=raw["vllm_args"],
+        vllm_bind=raw["vllm_bind"] or _default_bind(endpoint.host),
+        limit=raw["limit"],
+        temperature=raw["temperature"],
+        request_timeout=raw["request_timeout"],
+        max_retries=raw["max_retries"],
+        retry_rounds=raw["retry_rounds"],
+        recovery_timeout=raw["recovery_timeout"],
+        tokenizer=Path(raw["tokenizer"]) if raw["tokenizer"] else None,
+        stop_grace=raw["stop_grace"],
+        env_file=env_path,
+        slurm_job_id=slurm_job_id,
+        sources=sources,
+    )
+
+
+def _nonempty_command(words: tuple[str, ...]) -> tuple[str, ...]:
+    if not words:
+        raise ConfigError(OPTION_BY_NAME["vllm_command"].env or "vllm_command", "", "must name a program")
+    return words
+
+
+def _default_bind(host: str) -> str:
+    return "127.0.0.1" if host in ("localhost", "") else host
+
+
+def _endpoint(raw: dict[str, Any], sources: dict[str, str]) -> Endpoint:
+    api_key = raw["api_key"]
+    if raw["base_url"]:
+        label = _label("base_url", sources)
+        return Endpoint(_checked_url(label, raw["base_url"], None), api_key)
+    host = (raw["vllm_endpoint"] or "").strip()
+    label = _label("vllm_endpoint", sources)
+    if not host:
+        raise ConfigError(label, raw["vllm_endpoint"], "empty host")
+    if "://" in host:
+        explicit_port = raw["vllm_port"] if sources["vllm_port"] != "default" else None
+        return Endpoint(_checked_url(label, host, explicit_port), api_key)
+    if any(char in host for char in "/?#@ ") or host.count(":") == 1:
+        raise ConfigError(label, host, "expected a host name or address (put the port in VLLM_PORT, or give a full URL)")
+    netloc = f"[{host}]" if ":" in host else host
+    return Endpoint(f"http://{netloc}:{raw['vllm_port']}/v1", api_key)
+
+
+def _checked_url(label: str, url: str, port: int | None) -> str:
+    """A full URL as OpenAI base URL: http(s), a host, path ending in /v1 (added when missing)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(label, url, "URL scheme must be http or https")
+    try:
+        url_port = parts.port
+    except ValueError:
+        raise ConfigError(label, url, "URL has a bad port") from None
+    if not parts.hostname:
+        raise ConfigError(label, url, "URL has no host")
+    if parts.username or parts.password:
+        raise ConfigError(label, "<url with credentials>", "put credentials in VLLM_API_KEY, not in the URL")
+    netloc = parts.netloc
+    if url_port is None and port is not None:
+        netloc = f"{netloc}:{port}"
+    path = parts.path.rstrip("/")
+    if not path.endswith("/v1"):
+        path += "/v1"
+    return urlunsplit((parts.scheme, netloc, path, "", ""))
+
+
+def _label(name: str, sources: Mapping[str, str]) -> str:
+    option = OPTION_BY_NAME[name]
+    return option.flag if sources.get(name) == "flag" else (option.env or option.flag)
+
+
+def require_run_settings(settings: Settings) -> None:
+    """Settings a run cannot go without (checked before any network call)."""
+    if not settings.model:
+        raise ConfigError("BFCL_EXT_MODEL/--model", "", "required: the model to score")
+    if not settings.test_categories:
+        raise ConfigError("BFCL_EXT_TEST_CATEGORY/--test-category", "", "required: e.g. simple_python or non_live")
+
+
+def process_environment() -> Mapping[str, str]:
+    """The process environment, read in this one place."""
+    return os.environ

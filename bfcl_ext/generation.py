@@ -1,0 +1,209 @@
+"""Ask the server about every pending entry, concurrently, without losing or duplicating one.
+
+Answers are appended to BFCL's result files as they arrive (so a kill loses at most the
+requests in flight). An entry whose request failed for transport reasons is not written: it
+is asked again in a later pass, and after the last pass it is reported as failed. When the
+server goes away, new requests wait while one thread waits for it to come back.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bfcl_ext import bridge
+
+IN_FLIGHT_GRACE_S = 10.0  # after a stop request, how long answers already asked for may still land
+
+
+@dataclass
+class GenerationReport:
+    answered: int = 0
+    failed_ids: list[str] = field(default_factory=list)
+    entries_retried: int = 0
+    passes: int = 0
+    recoveries: int = 0
+    abandoned_reason: str | None = None
+    stopped: bool = False
+    first_request_at: float | None = None
+
+
+class ServerGate:
+    """Pauses new requests while the server is away; gives up after the recovery timeout."""
+
+    def __init__(self, is_ready_now: Callable[[], bool], wait_ready: Callable[[], str | None]) -> None:
+        self._is_ready_now = is_ready_now
+        self._wait_ready = wait_ready  # returns None when ready again, else why not
+        self._lock = threading.Lock()
+        self._open = threading.Event()
+        self._open.set()
+        self.abandoned_reason: str | None = None
+        self.recoveries = 0
+
+    def wait_open(self) -> bool:
+        self._open.wait()
+        return self.abandoned_reason is None
+
+    def report_failure(self) -> None:
+        with self._lock:
+            if not self._open.is_set() or self.abandoned_reason is not None:
+                return
+            if self._is_ready_now():
+                return  # one bad request, not a missing server
+            self._open.clear()
+        print("bfcl-ext: the server went away; pausing requests until it is ready again", file=sys.stderr)
+        reason = self._wait_ready()
+        with self._lock:
+            if reason is None:
+                self.recoveries += 1
+                print("bfcl-ext: the server is back; carrying on", file=sys.stderr)
+            else:
+                self.abandoned_reason = reason
+            self._open.set()
+
+
+def generate(
+    session: bridge.Session,
+    entries: list[dict[str, Any]],
+    *,
+    threads: int,
+    passes: int,
+    gate: ServerGate,
+    stop: threading.Event,
+    progress: Any,
+) -> GenerationReport:
+    """Run up to ``1 + passes`` passes over ``entries``; each pass asks again what failed before."""
+    report = GenerationReport()
+    remaining = entries
+    for attempt in range(passes + 1):
+        if attempt:
+            report.entries_retried += len(remaining)
+            _pause(min(2.0**attempt, 30.0), stop)
+        report.passes += 1
+        remaining = _one_pass(session, remaining, threads, gate, stop, progress, report)
+        if not remaining or stop.is_set() or gate.abandoned_reason:
+            break
+    report.failed_ids = sorted(entry["id"] for entry in remaining)
+    report.recoveries = gate.recoveries
+    report.abandoned_reason = gate.abandoned_reason
+    report.stopped = stop.is_set()
+    return report
+
+
+def _pause(seconds: float, stop: threading.Event) -> None:
+    stop.wait(seconds)
+
+
+def _one_pass(
+    session: bridge.Session,
+    entries: list[dict[str, Any]],
+    threads: int,
+    gate: ServerGate,
+    stop: threading.Event,
+    progress: Any,
+    report: GenerationReport,
+) -> list[dict[str, Any]]:
+    """One pass; returns the entries still without an answer. Honours ``depends_on`` (memory)."""
+    by_id = {entry["id"]: entry for entry in entries}
+    waiting_on = {entry["id"]: set(entry.get("depends_on", [])) & by_id.keys() for entry in entries}
+    children: dict[str, list[str]] = {}
+    for entry_id, parents in waiting_on.items():
+        for parent in parents:
+            children.setdefault(parent, []).append(entry_id)
+
+    work: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    done: queue.Queue[tuple[str, bool]] = queue.Queue()
+    for entry in sorted((by_id[i] for i, parents in waiting_on.items() if not parents), key=bridge.sort_key):
+        work.put(entry)
+
+    workers = [
+        threading.Thread(target=_worker, args=(session, work, done, gate, stop, report), daemon=True)
+        for _ in range(min(threads, max(1, len(entries))))
+    ]
+    for worker in workers:
+        worker.start()
+
+    answered: set[str] = set()
+    settled = 0
+    stop_seen_at: float | None = None
+    while settled < len(entries):
+        if stop.is_set():
+            stop_seen_at = stop_seen_at or time.monotonic()
+            _drain(work)
+            if time.monotonic() - stop_seen_at > IN_FLIGHT_GRACE_S:
+                break
+        try:
+            entry_id, ok = done.get(timeout=0.2)
+        except queue.Empty:
+            if gate.abandoned_reason and work.empty() and all(not w.is_alive() for w in workers):
+                break
+            continue
+        settled += 1
+        if ok:
+            answered.add(entry_id)
+            report.answered += 1
+            progress.update(1)
+            for child in children.get(entry_id, []):
+                waiting_on[child].discard(entry_id)
+                if not waiting_on[child] and not stop.is_set():
+                    work.put(by_id[child])
+        else:
+            settled += _settle_descendants(entry_id, children, waiting_on)
+    for _ in workers:
+        work.put(None)
+    return [entry for entry in entries if entry["id"] not in answered]
+
+
+def _settle_descendants(entry_id: str, children: dict[str, list[str]], waiting_on: dict[str, set[str]]) -> int:
+    """An entry that failed blocks those that depend on it for this pass: count them settled."""
+    count = 0
+    for child in children.get(entry_id, []):
+        if waiting_on[child]:
+            waiting_on[child] = set()
+            count += 1 + _settle_descendants(child, children, waiting_on)
+    return count
+
+
+def _drain(work: queue.Queue[Any]) -> None:
+    try:
+        while True:
+            work.get_nowait()
+    except queue.Empty:
+        pass
+
+
+def _worker(
+    session: bridge.Session,
+    work: queue.Queue[dict[str, Any] | None],
+    done: queue.Queue[tuple[str, bool]],
+    gate: ServerGate,
+    stop: threading.Event,
+    report: GenerationReport,
+) -> None:
+    while True:
+        entry = work.get()
+        if entry is None:
+            return
+        if stop.is_set() or not gate.wait_open():
+            done.put((entry["id"], False))
+            continue
+        if report.first_request_at is None:
+            report.first_request_at = time.time()
+        try:
+            line = bridge.answer(session, entry)
+        except bridge.TransportError as error:
+            _log_transport_failure(entry["id"], error)
+            gate.report_failure()
+            done.put((entry["id"], False))
+            continue
+        bridge.write_answer(session, line)
+        done.put((entry["id"], True))
+
+
+def _log_transport_failure(entry_id: str, error: Exception) -> None:
+    print(f"bfcl-ext: {entry_id}: no answer ({error}); it will be asked again", file=sys.stderr)

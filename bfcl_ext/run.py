@@ -1,0 +1,321 @@
+"""One run: server ready -> generation -> retries -> evaluation -> summary, manifest, table."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bfcl_ext import bridge, generation, manifest, readiness
+from bfcl_ext.config import Settings, require_run_settings
+from bfcl_ext.endpoint import Endpoint
+from bfcl_ext.errors import ConfigError, EntriesFailedError, NotReadyError
+from bfcl_ext.server import ManagedServer, choose_port, server_command
+from bfcl_ext.signals import Interruptions
+
+MIN_FREE_BYTES = 200 * 1024 * 1024
+OUTPUT_SETTING = "BFCL_EXT_OUTPUT_DIR/--output-dir"
+
+
+@dataclass(frozen=True)
+class Server:
+    """Where the run talks to, and the managed process when we started one."""
+
+    endpoint: Endpoint
+    managed: ManagedServer | None
+
+
+def validate(settings: Settings) -> list[str]:
+    """Everything checkable before any network call; returns the categories to run."""
+    require_run_settings(settings)
+    categories = bridge.expand_categories(settings.test_categories or ())
+    _check_supported(categories)
+    _check_output_dir(settings.output_dir)
+    bridge.check_datasets(categories)
+    if settings.tokenizer is not None and not settings.tokenizer.is_dir():
+        raise ConfigError("BFCL_EXT_TOKENIZER/--tokenizer", str(settings.tokenizer), "not a folder")
+    return categories
+
+
+def _check_supported(categories: Sequence[str]) -> None:
+    if "memory_vector" in categories and importlib.util.find_spec("sentence_transformers") is None:
+        raise ConfigError(
+            "BFCL_EXT_TEST_CATEGORY", "memory_vector",
+            "needs sentence-transformers and torch, left out of this install: pip install 'bfcl-ext[full]' "
+            "(runner image: build with --build-arg WITH_MEMORY_VECTOR=1)",
+        )
+
+
+def _check_output_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".bfcl-ext-write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(OUTPUT_SETTING, str(path), f"not writable ({error.strerror or error})") from None
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(OUTPUT_SETTING, str(path), f"only {free // 2**20} MiB free; need {MIN_FREE_BYTES // 2**20} MiB")
+
+
+@contextlib.contextmanager
+def serving(settings: Settings, environ: Mapping[str, str]) -> Iterator[Server]:
+    """Skip mode: the configured server, untouched. Managed: a vLLM we start now and stop on the way out."""
+    if settings.skip_vllm:
+        yield Server(settings.endpoint, None)
+        return
+    port = choose_port(settings.vllm_bind, settings.endpoint.port, settings.slurm_job_id)
+    if port != settings.endpoint.port:
+        print(f"bfcl-ext: port {settings.endpoint.port} is taken; vLLM will listen on {port}", file=sys.stderr)
+    argv = server_command(
+        settings.vllm_command, settings.model or "", settings.model_name_served, settings.vllm_bind, port,
+        settings.vllm_args,
+    )
+    log_path = settings.output_dir / "logs" / "vllm-server.log"
+    print(f"bfcl-ext: starting vLLM: {' '.join(argv)} (log: {log_path})", file=sys.stderr)
+    server = ManagedServer(argv, environ, settings.endpoint.api_key, log_path, settings.stop_grace)
+    try:
+        server.start()
+    except FileNotFoundError as error:
+        raise ConfigError("BFCL_EXT_VLLM_COMMAND/--vllm-command", " ".join(settings.vllm_command), str(error)) from None
+    try:
+        yield Server(settings.endpoint.with_port(port), server)
+    finally:
+        print("bfcl-ext: stopping the vLLM server it started", file=sys.stderr)
+        server.stop()
+
+
+def wait_ready(settings: Settings, server: Server, timeout: float) -> readiness.ServerInfo:
+    managed = server.managed
+    return readiness.wait_until_ready(
+        server.endpoint,
+        settings.model_name_served,
+        timeout,
+        process_alive=managed.alive if managed else None,
+        process_log_tail=managed.log_tail if managed else None,
+    )
+
+
+def _gate(settings: Settings, server: Server) -> generation.ServerGate:
+    def ready_now() -> bool:
+        try:
+            readiness.probe(server.endpoint, settings.model_name_served, request_timeout=5.0)
+        except NotReadyError:
+            return False
+        return True
+
+    def wait_again() -> str | None:
+        try:
+            wait_ready(settings, server, settings.recovery_timeout)
+        except NotReadyError as error:
+            return str(error)
+        return None
+
+    return generation.ServerGate(ready_now, wait_again)
+
+
+def run(settings: Settings, environ: Mapping[str, str], argv: Sequence[str], interruptions: Interruptions) -> int:
+    categories = validate(settings)
+    started = time.time()
+    bridge.use_project_root(settings.output_dir)
+    with serving(settings, environ) as server:
+        info = wait_ready(settings, server, settings.wait_timeout)
+        ready_at = time.time()
+        print(f"bfcl-ext: server ready at {server.endpoint.base_url} (version {info.version or 'unknown'})",
+              file=sys.stderr)
+        stats = bridge.RequestStats()
+        client = bridge.make_client(
+            server.endpoint.base_url, server.endpoint.api_key, settings.request_timeout, settings.max_retries, stats
+        )
+        session = bridge.open_session(
+            settings.model or "", settings.model_name_served, client, stats, settings.temperature,
+            settings.output_dir, settings.tokenizer,
+        )
+        repaired = bridge.repair_result_files(session)
+        entries = bridge.load_entries(categories, settings.limit)
+        pending = bridge.pending_entries(session, entries)
+        print(f"bfcl-ext: {len(entries)} entries, {len(entries) - len(pending)} already answered, "
+              f"{len(pending)} to ask ({session.mode})", file=sys.stderr)
+        report = _generate(settings, server, session, pending, interruptions)
+        bridge.sort_result_files(session)
+        interruptions.raise_if_stopped()
+        answered = bridge.answered_ids(session)
+        complete = [c for c in categories if all(e["id"] in answered for e in entries if bridge.category_of(e["id"]) == c)]
+        scores = bridge.evaluate(session, complete, partial=settings.limit is not None) if complete else {}
+        finished = time.time()
+        context = RunContext(settings, categories, entries, answered, info, server, session, report, repaired,
+                             started, ready_at, finished, argv, environ)
+        summary = write_outputs(context, scores)
+    print_table(summary)
+    if report.failed_ids or len(answered & {e["id"] for e in entries}) < len(entries):
+        missing = sorted({e["id"] for e in entries} - answered)
+        reason = f" ({report.abandoned_reason})" if report.abandoned_reason else ""
+        raise EntriesFailedError(
+            f"{len(missing)} entries have no answer after retries{reason}; results so far are kept in "
+            f"{settings.output_dir}; run the same command again to finish: {', '.join(missing[:10])}"
+            + (" ..." if len(missing) > 10 else ""),
+            missing,
+        )
+    return 0
+
+
+def _generate(
+    settings: Settings, server: Server, session: bridge.Session, pending: list[dict[str, Any]],
+    interruptions: Interruptions,
+) -> generation.GenerationReport:
+    from tqdm import tqdm
+
+    with tqdm(total=len(pending), desc="bfcl-ext", unit="entry", file=sys.stderr, dynamic_ncols=True) as progress:
+        with interruptions.deferred():
+            return generation.generate(
+                session, pending, threads=settings.num_threads, passes=settings.retry_rounds,
+                gate=_gate(settings, server), stop=interruptions.stop, progress=progress,
+            )
+
+
+@dataclass(frozen=True)
+class RunContext:
+    settings: Settings
+    categories: list[str]
+    entries: list[dict[str, Any]]
+    answered: set[str]
+    info: readiness.ServerInfo
+    server: Server
+    session: bridge.Session
+    report: generation.GenerationReport
+    repaired: dict[str, int]
+    started: float
+    ready_at: float
+    finished: float
+    argv: Sequence[str]
+    environ: Mapping[str, str]
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def write_outputs(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) -> dict[str, Any]:
+    settings = context.settings
+    summary = _summary(context, scores)
+    secrets = [settings.endpoint.api_key]
+    manifest.write_json(settings.output_dir / "summary.json", summary, secrets)
+    manifest.write_json(settings.output_dir / "manifest.json", _manifest(context), secrets)
+    return summary
+
+
+def _summary(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) -> dict[str, Any]:
+    settings, report = context.settings, context.report
+    per_category: dict[str, Any] = {}
+    for category in context.categories:
+        ids = [e["id"] for e in context.entries if bridge.category_of(e["id"]) == category]
+        missing = [i for i in ids if i not in context.answered]
+        score = scores.get(category)
+        per_category[category] = (
+            {"accuracy": score.accuracy, "correct": score.correct, "total": score.total}
+            if score else {"accuracy": None, "correct": None, "total": len(ids), "missing": len(missing)}
+        )
+    scored = [s for s in scores.values()]
+    correct = sum(s.correct for s in scored)
+    total = sum(s.total for s in scored)
+    return {
+        "model": settings.model,
+        "served_model_name": settings.model_name_served,
+        "endpoint": context.server.endpoint.base_url,
+        "mode": "skip" if settings.skip_vllm else "managed",
+        "handler": context.session.mode,
+        "partial": settings.limit is not None,
+        "limit": settings.limit,
+        "categories": per_category,
+        "overall": {"accuracy": (correct / total) if total else None, "correct": correct, "total": total,
+                    "note": "entry-weighted over the categories scored; BFCL's weighted overall is in score/data_overall.csv"},
+        "entries": {
+            "selected": len(context.entries),
+            "answered": len(context.answered & {e["id"] for e in context.entries}),
+            "answered_this_run": report.answered,
+            "retried": report.entries_retried,
+            "failed": len(report.failed_ids),
+            "failed_ids": report.failed_ids,
+            "repaired_on_resume": context.repaired,
+        },
+        "requests": context.session.stats.as_dict(),
+        "server_recoveries": report.recoveries,
+        "durations_s": {
+            "wait_for_server": round(context.ready_at - context.started, 3),
+            "generation_and_evaluation": round(context.finished - context.ready_at, 3),
+            "total": round(context.finished - context.started, 3),
+            "first_request_after_ready": (
+                round(report.first_request_at - context.ready_at, 3) if report.first_request_at else None
+            ),
+        },
+        "started_at": _iso(context.started),
+        "finished_at": _iso(context.finished),
+    }
+
+
+def _manifest(context: RunContext) -> dict[str, Any]:
+    settings = context.settings
+    managed = context.server.managed
+    return {
+        "bfcl_eval": bridge.installed_version(),
+        **manifest.host_facts(),
+        "command": manifest.redact_argv(context.argv),
+        "settings": settings.redacted(),
+        "environment": manifest.redact_environment(context.environ),
+        "server": {
+            "mode": "managed" if managed else "skip",
+            "base_url": context.server.endpoint.base_url,
+            "version": context.info.version,
+            "models": context.info.models_payload,
+            "launched_with": manifest.redact_argv(managed.argv) if managed else None,
+        },
+        "sampling": {
+            "temperature_sent": settings.temperature,
+            "note": "vLLM raises temperatures below 0.01 to 0.01; without --generation-config vllm it also "
+                    "applies the model's generation_config.json defaults (top_k, top_p, repetition_penalty)",
+            "generation_config": _generation_config(managed),
+        },
+        "model": {"name": settings.model, "served_as": settings.model_name_served, "handler": context.session.mode},
+        "categories": bridge.dataset_hashes(context.categories),
+        "threads": settings.num_threads,
+        "limit": settings.limit,
+        "started_at": _iso(context.started),
+        "finished_at": _iso(context.finished),
+    }
+
+
+def _generation_config(managed: ManagedServer | None) -> str | None:
+    if managed is None:
+        return None  # not knowable from outside the server
+    argv = managed.argv
+    for index, arg in enumerate(argv):
+        if arg == "--generation-config" and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--generation-config="):
+            return arg.split("=", 1)[1]
+    return "auto"
+
+
+def print_table(summary: Mapping[str, Any]) -> None:
+    rows = [(name, value) for name, value in summary["categories"].items()]
+    width = max([len(name) for name, _ in rows] + [8])
+    print(f"{'category':<{width}}  accuracy  correct/total")
+    for name, value in rows:
+        if value.get("accuracy") is None:
+            print(f"{name:<{width}}  {'-':>8}  missing {value.get('missing')}/{value['total']}")
+        else:
+            print(f"{name:<{width}}  {value['accuracy']:>8.2%}  {value['correct']}/{value['total']}")
+    overall = summary["overall"]
+    if overall["accuracy"] is not None:
+        print(f"{'overall':<{width}}  {overall['accuracy']:>8.2%}  {overall['correct']}/{overall['total']}")
+    if summary.get("partial"):
+        print(f"(partial run: first {summary['limit']} entries of each category)")

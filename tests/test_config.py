@@ -1,0 +1,200 @@
+"""Settings: every row of the table, precedence, and every bad value (exit 2, one line)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bfcl_ext import cli
+from bfcl_ext.config import DEFAULT_NUM_THREADS, DEFAULT_WAIT_TIMEOUT, OPTIONS, resolve
+from bfcl_ext.errors import ConfigError
+
+
+def settings(flags=None, environ=None, env_file=None, **kwargs):
+    return resolve(flags or {}, environ or {}, env_file, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def no_stray_env_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # ./.env is read by default: keep the developer's out
+
+
+def test_defaults():
+    s = settings()
+    assert s.endpoint.base_url == "http://localhost:8000/v1"
+    assert s.endpoint.api_key is None
+    assert s.skip_vllm is False
+    assert s.output_dir == Path("bfcl-results")
+    assert s.wait_timeout == DEFAULT_WAIT_TIMEOUT >= 1200
+    assert s.num_threads == DEFAULT_NUM_THREADS
+    assert s.vllm_command == ("vllm", "serve")
+    assert s.vllm_args == ()
+    assert s.vllm_bind == "127.0.0.1"
+    assert s.limit is None
+    assert s.temperature == 0.001
+    assert all(source == "default" for source in s.sources.values())
+
+
+# one row per setting: (env name, raw value, attribute, expected)
+ROWS = [
+    ("VLLM_ENDPOINT", "gpu-node-17", "endpoint.base_url", "http://gpu-node-17:8000/v1"),
+    ("VLLM_PORT", "8123", "endpoint.base_url", "http://localhost:8123/v1"),
+    ("VLLM_BASE_URL", "https://gw.example.org/team/llm/v1", "endpoint.base_url", "https://gw.example.org/team/llm/v1"),
+    ("VLLM_API_KEY", "sk-123", "endpoint.api_key", "sk-123"),
+    ("BFCL_EXT_SKIP_VLLM", "1", "skip_vllm", True),
+    ("BFCL_EXT_OUTPUT_DIR", "/tmp/out", "output_dir", Path("/tmp/out")),
+    ("BFCL_EXT_WAIT_TIMEOUT", "90", "wait_timeout", 90.0),
+    ("BFCL_EXT_SERVED_MODEL_NAME", "served", "served_model_name", "served"),
+    ("BFCL_EXT_NUM_THREADS", "8", "num_threads", 8),
+    ("BFCL_EXT_VLLM_COMMAND", "python -m vllm.entrypoints.openai.api_server", "vllm_command",
+     ("python", "-m", "vllm.entrypoints.openai.api_server")),
+    ("BFCL_EXT_VLLM_ARGS", "--tensor-parallel-size 2 --max-model-len '4096'", "vllm_args",
+     ("--tensor-parallel-size", "2", "--max-model-len", "4096")),
+    ("BFCL_EXT_LIMIT", "5", "limit", 5),
+    ("BFCL_EXT_MODEL", "Qwen/Qwen3-8B", "model", "Qwen/Qwen3-8B"),
+    ("BFCL_EXT_TEST_CATEGORY", "simple_python,multiple", "test_categories", ("simple_python", "multiple")),
+    ("BFCL_EXT_TEMPERATURE", "0.7", "temperature", 0.7),
+    ("BFCL_EXT_REQUEST_TIMEOUT", "30", "request_timeout", 30.0),
+    ("BFCL_EXT_MAX_RETRIES", "2", "max_retries", 2),
+    ("BFCL_EXT_RETRY_ROUNDS", "1", "retry_rounds", 1),
+    ("BFCL_EXT_RECOVERY_TIMEOUT", "45", "recovery_timeout", 45.0),
+    ("BFCL_EXT_TOKENIZER", "/models/tok", "tokenizer", Path("/models/tok")),
+    ("BFCL_EXT_STOP_GRACE", "5", "stop_grace", 5.0),
+    ("BFCL_EXT_VLLM_BIND", "0.0.0.0", "vllm_bind", "0.0.0.0"),
+]
+
+
+def _get(obj, dotted):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def test_every_option_has_a_row():
+    assert {o.env for o in OPTIONS} == {row[0] for row in ROWS}
+
+
+@pytest.mark.parametrize(("env", "raw", "attribute", "expected"), ROWS)
+def test_each_setting_from_environment_env_file_and_flag(tmp_path, env, raw, attribute, expected):
+    assert _get(settings(environ={env: raw}), attribute) == expected
+    env_file = tmp_path / "settings.env"
+    env_file.write_text(f"{env}='{raw}'\n" if "'" not in raw else f'{env}="{raw}"\n')
+    assert _get(settings(env_file=env_file), attribute) == expected
+    option = next(o for o in OPTIONS if o.env == env)
+    assert _get(settings(flags={option.name: raw}), attribute) == expected
+
+
+def test_precedence_flag_over_environment_over_env_file_over_default(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("VLLM_PORT=7001\nVLLM_ENDPOINT=from-file\n")
+    assert settings(env_file=env_file).endpoint.base_url == "http://from-file:7001/v1"
+    s = settings(environ={"VLLM_PORT": "7002"}, env_file=env_file)
+    assert s.endpoint.base_url == "http://from-file:7002/v1"
+    assert s.sources["vllm_port"] == "environment" and s.sources["vllm_endpoint"] == ".env"
+    s = settings(flags={"vllm_port": "7003"}, environ={"VLLM_PORT": "7002"}, env_file=env_file)
+    assert s.endpoint.base_url == "http://from-file:7003/v1"
+    assert s.sources["vllm_port"] == "flag"
+
+
+def test_default_env_file_is_read_from_the_working_directory(tmp_path):
+    (tmp_path / ".env").write_text("VLLM_PORT=7100\n")
+    assert settings().endpoint.port == 7100
+    assert settings().env_file == Path(".env")
+
+
+def test_env_file_never_overrides_environment_and_is_not_exported(tmp_path):
+    import os
+
+    (tmp_path / ".env").write_text("VLLM_API_KEY=from-file\nSOMETHING_ELSE=1\n")
+    assert settings(environ={"VLLM_API_KEY": "from-env"}).endpoint.api_key == "from-env"
+    assert "SOMETHING_ELSE" not in os.environ
+
+
+def test_container_defaults_turn_skip_mode_on_and_flags_turn_it_off():
+    assert settings(defaults={"skip_vllm": True}).skip_vllm is True
+    assert settings(flags={"skip_vllm": False}, defaults={"skip_vllm": True}).skip_vllm is False
+    assert settings(environ={"BFCL_EXT_SKIP_VLLM": "0"}, defaults={"skip_vllm": True}).skip_vllm is False
+
+
+def test_endpoint_forms():
+    assert settings(environ={"VLLM_ENDPOINT": "http://node:9000"}).endpoint.base_url == "http://node:9000/v1"
+    assert settings(environ={"VLLM_ENDPOINT": "http://node", "VLLM_PORT": "9001"}).endpoint.base_url == (
+        "http://node:9001/v1"
+    )
+    assert settings(environ={"VLLM_ENDPOINT": "https://gw.example.org/llm"}).endpoint.base_url == (
+        "https://gw.example.org/llm/v1"
+    )
+    assert settings(environ={"VLLM_ENDPOINT": "::1"}).endpoint.base_url == "http://[::1]:8000/v1"
+    base = settings(environ={"VLLM_BASE_URL": "https://gw/v1", "VLLM_ENDPOINT": "ignored"}).endpoint
+    assert base.base_url == "https://gw/v1" and base.server_root == "https://gw"
+    assert settings(environ={"VLLM_ENDPOINT": "node-3"}).vllm_bind == "node-3"
+
+
+def test_api_key_is_never_in_repr_or_redacted_settings():
+    s = settings(environ={"VLLM_API_KEY": "sk-secret-123"})
+    assert "sk-secret-123" not in repr(s)
+    assert "sk-secret-123" not in str(s.redacted())
+    assert s.redacted()["api_key"] == "<redacted>"
+
+
+BAD = [
+    ({"VLLM_PORT": "abc"}, "VLLM_PORT='abc'", "not an integer"),
+    ({"VLLM_PORT": "0"}, "VLLM_PORT='0'", "between 1 and 65535"),
+    ({"VLLM_PORT": "70000"}, "VLLM_PORT='70000'", "between 1 and 65535"),
+    ({"VLLM_ENDPOINT": ""}, "VLLM_ENDPOINT=''", "empty host"),
+    ({"VLLM_ENDPOINT": "   "}, "VLLM_ENDPOINT='   '", "empty host"),
+    ({"VLLM_ENDPOINT": "host:8000"}, "VLLM_ENDPOINT='host:8000'", "VLLM_PORT"),
+    ({"VLLM_ENDPOINT": "ftp://host"}, "VLLM_ENDPOINT='ftp://host'", "scheme"),
+    ({"VLLM_BASE_URL": "gw.example.org/v1"}, "VLLM_BASE_URL='gw.example.org/v1'", "scheme"),
+    ({"VLLM_BASE_URL": "http://"}, "VLLM_BASE_URL='http://'", "no host"),
+    ({"VLLM_BASE_URL": "http://h:99999/v1"}, "VLLM_BASE_URL='http://h:99999/v1'", "bad port"),
+    ({"VLLM_BASE_URL": "https://user:pw@gw/v1"}, "VLLM_BASE_URL='<url with credentials>'", "VLLM_API_KEY"),
+    ({"BFCL_EXT_SKIP_VLLM": "maybe"}, "BFCL_EXT_SKIP_VLLM='maybe'", "true/false"),
+    ({"BFCL_EXT_WAIT_TIMEOUT": "-1"}, "BFCL_EXT_WAIT_TIMEOUT='-1'", "at least 0"),
+    ({"BFCL_EXT_NUM_THREADS": "0"}, "BFCL_EXT_NUM_THREADS='0'", "between 1 and 1024"),
+    ({"BFCL_EXT_LIMIT": "-3"}, "BFCL_EXT_LIMIT='-3'", "at least 1"),
+    ({"BFCL_EXT_TEMPERATURE": "hot"}, "BFCL_EXT_TEMPERATURE='hot'", "not a number"),
+    ({"BFCL_EXT_VLLM_ARGS": "--x 'unclosed"}, "BFCL_EXT_VLLM_ARGS=\"--x 'unclosed\"", "cannot split"),
+    ({"BFCL_EXT_VLLM_COMMAND": ""}, "BFCL_EXT_VLLM_COMMAND=''", "must name a program"),
+    ({"BFCL_EXT_TEST_CATEGORY": " , "}, "BFCL_EXT_TEST_CATEGORY=' , '", "at least one"),
+]
+
+
+@pytest.mark.parametrize(("environ", "named", "reason"), BAD)
+def test_bad_values_name_the_setting_and_the_value(environ, named, reason):
+    with pytest.raises(ConfigError) as caught:
+        settings(environ=environ)
+    message = str(caught.value)
+    assert message.startswith(named), message
+    assert reason in message
+    assert "\n" not in message
+
+
+def test_missing_explicit_env_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        settings(env_file=tmp_path / "missing.env")
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "fragment"),
+    [
+        (["run", "--skip-vllm", "--model", "m", "--test-category", "simple_python", "--vllm-port", "x"], {},
+         "--vllm-port='x': not an integer"),
+        (["run", "--skip-vllm", "--model", "m", "--test-category", "nope"], {}, "'nope': unknown BFCL test category"),
+        (["run", "--skip-vllm", "--test-category", "simple_python"], {}, "--model"),
+        (["run", "--skip-vllm", "--model", "m"], {}, "--test-category"),
+        (["run", "--skip-vllm", "--model", "m", "--test-category", "simple_python", "--output-dir", "/proc/none/x"],
+         {}, "--output-dir='/proc/none/x': not writable"),
+        (["run", "--skip-vllm", "--model", "m", "--test-category", "memory_vector"], {}, "bfcl-ext[full]"),
+        (["run", "--skip-vllm", "--model", "m", "--test-category", "simple_python", "--tokenizer", "/nonexistent"],
+         {}, "--tokenizer='/nonexistent': not a folder"),
+        (["--env-file", "/nonexistent.env", "run"], {}, "--env-file='/nonexistent.env': file not found"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line_and_no_traceback(capsys, argv, environ, fragment):
+    assert cli.main(argv, environ) == 2
+    err = capsys.readouterr().err
+    assert fragment in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
