@@ -329,7 +329,7 @@ def open_session(
     if registered:
         _register_served_model(model, served_name)
     config = MODEL_CONFIG_MAPPING[model]
-    handler = config.model_handler(
+    handler = _openai_compatible(model, config.model_handler)(
         model_name=config.model_name, temperature=temperature, registry_name=model, is_fc_model=config.is_fc_model
     )
     handler.client = client
@@ -341,6 +341,25 @@ def open_session(
         origin = "registered by bfcl-ext" if registered else f"BFCL's {type(handler).__name__}"
         mode = f"function-calling: /v1/chat/completions with tools ({origin})"
     return Session(handler, model, mode, output_dir / "result", output_dir / "score", stats)
+
+
+def _openai_compatible(model: str, handler_class: type) -> type:
+    """The handler class, made to build without OPENAI_API_KEY (its client is replaced by ours).
+
+    Handlers for vendor APIs (Anthropic, Gemini, ...) cannot talk to an OpenAI-compatible server.
+    """
+    from bfcl_eval.model_handler.api_inference.openai_completion import OpenAICompletionsHandler
+    from bfcl_eval.model_handler.local_inference.base_oss_handler import OSSHandler
+
+    if issubclass(handler_class, OSSHandler):
+        return handler_class
+    if not issubclass(handler_class, OpenAICompletionsHandler):
+        raise ConfigError(
+            "BFCL_EXT_MODEL/--model", model,
+            f"BFCL's registry scores this model through {handler_class.__name__}, a vendor API; bfcl-ext talks to "
+            "OpenAI-compatible servers: use the name your server serves (it is then scored in function-calling mode)",
+        )
+    return type(handler_class.__name__, (handler_class,), {"_build_client_kwargs": lambda _self: {"api_key": "unused"}})
 
 
 def _is_prompt_handler(handler: Any) -> bool:

@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    environ = process_environment() if environ is None else environ
+    environ = dict(process_environment() if environ is None else environ)  # a snapshot: we set BFCL_PROJECT_ROOT later
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

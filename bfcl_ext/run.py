@@ -126,12 +126,10 @@ def _gate(settings: Settings, server: Server) -> generation.ServerGate:
 def run(settings: Settings, environ: Mapping[str, str], argv: Sequence[str], interruptions: Interruptions) -> int:
     categories = validate(settings)
     started = time.time()
-    bridge.use_project_root(settings.output_dir)
+    bridge.use_project_root(settings.output_dir / ".bfcl-eval")  # its lock files and empty default folders
     with serving(settings, environ) as server:
-        info = wait_ready(settings, server, settings.wait_timeout)
-        ready_at = time.time()
-        print(f"bfcl-ext: server ready at {server.endpoint.base_url} (version {info.version or 'unknown'})",
-              file=sys.stderr)
+        # Everything that needs no server first: in managed mode it overlaps vLLM loading, and
+        # the first request leaves as soon as the server is ready.
         stats = bridge.RequestStats()
         client = bridge.make_client(
             server.endpoint.base_url, server.endpoint.api_key, settings.request_timeout, settings.max_retries, stats
@@ -143,21 +141,22 @@ def run(settings: Settings, environ: Mapping[str, str], argv: Sequence[str], int
         repaired = bridge.repair_result_files(session)
         entries = bridge.load_entries(categories, settings.limit)
         pending = bridge.pending_entries(session, entries)
-        print(f"bfcl-ext: {len(entries)} entries, {len(entries) - len(pending)} already answered, "
-              f"{len(pending)} to ask ({session.mode})", file=sys.stderr)
+        info = wait_ready(settings, server, settings.wait_timeout)
+        ready_at = time.time()
+        print(f"bfcl-ext: server ready at {server.endpoint.base_url} (version {info.version or 'unknown'}); "
+              f"{len(entries)} entries, {len(entries) - len(pending)} already answered, {len(pending)} to ask "
+              f"({session.mode})", file=sys.stderr)
         report = _generate(settings, server, session, pending, interruptions)
         bridge.sort_result_files(session)
-        interruptions.raise_if_stopped()
         answered = bridge.answered_ids(session)
-        complete = [c for c in categories if all(e["id"] in answered for e in entries if bridge.category_of(e["id"]) == c)]
-        scores = bridge.evaluate(session, complete, partial=settings.limit is not None) if complete else {}
-        finished = time.time()
+        scores = {} if report.stopped else _score_complete_categories(session, categories, entries, answered, settings)
         context = RunContext(settings, categories, entries, answered, info, server, session, report, repaired,
-                             started, ready_at, finished, argv, environ)
+                             started, ready_at, time.time(), argv, environ)
         summary = write_outputs(context, scores)
+    interruptions.raise_if_stopped()
     print_table(summary)
-    if report.failed_ids or len(answered & {e["id"] for e in entries}) < len(entries):
-        missing = sorted({e["id"] for e in entries} - answered)
+    missing = sorted({e["id"] for e in entries} - answered)
+    if missing:
         reason = f" ({report.abandoned_reason})" if report.abandoned_reason else ""
         raise EntriesFailedError(
             f"{len(missing)} entries have no answer after retries{reason}; results so far are kept in "
@@ -166,6 +165,18 @@ def run(settings: Settings, environ: Mapping[str, str], argv: Sequence[str], int
             missing,
         )
     return 0
+
+
+def _score_complete_categories(
+    session: bridge.Session, categories: list[str], entries: list[dict[str, Any]], answered: set[str],
+    settings: Settings,
+) -> dict[str, bridge.CategoryScore]:
+    """Only a category whose every entry has a model answer is scored: never a partial one unnoticed."""
+    complete = [
+        category for category in categories
+        if all(e["id"] in answered for e in entries if bridge.category_of(e["id"]) == category)
+    ]
+    return bridge.evaluate(session, complete, partial=settings.limit is not None) if complete else {}
 
 
 def _generate(
@@ -231,6 +242,7 @@ def _summary(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) ->
         "model": settings.model,
         "served_model_name": settings.model_name_served,
         "endpoint": context.server.endpoint.base_url,
+        "status": _status(context),
         "mode": "skip" if settings.skip_vllm else "managed",
         "handler": context.session.mode,
         "partial": settings.limit is not None,
@@ -260,6 +272,13 @@ def _summary(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) ->
         "started_at": _iso(context.started),
         "finished_at": _iso(context.finished),
     }
+
+
+def _status(context: RunContext) -> str:
+    if context.report.stopped:
+        return "interrupted"
+    wanted = {e["id"] for e in context.entries}
+    return "complete" if wanted <= context.answered else "incomplete"
 
 
 def _manifest(context: RunContext) -> dict[str, Any]:

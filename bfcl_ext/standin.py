@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
@@ -106,7 +106,7 @@ class StandinOptions:
     port: int = 8000
     served_model_names: tuple[str, ...] = ("bfcl-ext-standin",)
     mode: str = "oracle"
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     load_delay: float = 0.0
     latency: float = 0.0
     error_rate: float = 0.0
@@ -245,14 +245,24 @@ def _answer(case: _Case | None, wrong: bool) -> _Answer:
 
 def _ground_truth_call(case: _Case, call: dict[str, Any]) -> _Call:
     """The first acceptable form of one ground-truth call ``{name: {param: [options]}}``."""
-    (name, options), = call.items()
-    function = next((f for f in case.functions if f["name"] == name), {})
+    ((name, options),) = call.items()
+    parameters = next((f["parameters"] for f in case.functions if f["name"] == name), {})
+    properties, required = parameters.get("properties", {}), parameters.get("required", [])
     arguments = {}
     for param, accepted in options.items():
-        value = _first_acceptable(accepted)
+        value = _argument(accepted, offered=param in properties, required=param in required)
         if value is not _OMIT:
             arguments[param] = value
-    return _Call(name, arguments, function.get("parameters", {}).get("properties", {}))
+    return _Call(name, arguments, properties)
+
+
+def _argument(accepted: Any, offered: bool, required: bool) -> Any:
+    """One parameter's value, or _OMIT. Ground truth sometimes names parameters the function
+    does not have (left out when allowed) or accepts only "" for a required one (sent as "")."""
+    if not offered and isinstance(accepted, list) and "" in accepted:
+        return _OMIT
+    value = _first_acceptable(accepted)
+    return "" if value is _OMIT and required else value
 
 
 def _first_acceptable(options: Any) -> Any:
@@ -349,7 +359,7 @@ def _java_value(value: Any, schema: dict[str, Any]) -> str:
     """``value`` as Java source that BFCL's ``java_type_converter`` turns back into it."""
     kind = schema.get("type", "String")
     element = schema.get("items", {}).get("type", "String")
-    if isinstance(value, str) and kind not in ("Array", "ArrayList"):
+    if isinstance(value, str):  # a string, or a variable's name
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -358,7 +368,7 @@ def _java_value(value: Any, schema: dict[str, Any]) -> str:
     if kind == "float":
         return f"{value}f"
     if kind == "Array":
-        return f"new {_JAVA_ARRAY_TYPES.get(element, element)}[]{{{', '.join(_java_value(v, {'type': element}) for v in value)}}}"
+        return _java_array(value, element)
     if kind == "ArrayList":
         return _java_array_list(value, element)
     if kind == "HashMap" and isinstance(value, dict):
@@ -368,6 +378,11 @@ def _java_value(value: Any, schema: dict[str, Any]) -> str:
 
 
 _JAVA_ARRAY_TYPES = {"integer": "int", "boolean": "boolean", "double": "double", "float": "float"}
+
+
+def _java_array(values: list[Any], element: str) -> str:
+    items = ", ".join(_java_value(v, {"type": element}) for v in values)
+    return f"new {_JAVA_ARRAY_TYPES.get(element, element)}[]{{{items}}}"
 
 
 def _java_array_list(values: list[Any], element: str) -> str:
@@ -390,10 +405,9 @@ def _java_literal(value: Any) -> str:
 
 def _js_value(value: Any, schema: dict[str, Any]) -> str:
     """``value`` as JavaScript source that BFCL's ``js_type_converter`` turns back into it."""
-    kind = schema.get("type", "String")
-    if isinstance(value, str) and kind not in ("array", "dict"):
+    if isinstance(value, str):  # a string, or a variable's name
         return value
-    if kind == "Bigint":
+    if schema.get("type") == "Bigint":
         return f"{value}n"
     return _js_literal(value)
 
@@ -635,6 +649,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.track(self.connection)
 
     def finish(self) -> None:
@@ -752,11 +767,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.dead:
             return self._drop()
         ordinal, fault = state.admit()
-        if options.die_after is not None and ordinal > options.die_after:
-            if fault != "429":
-                state.release()
-            return self._drop()
         try:
+            if options.die_after is not None and ordinal > options.die_after:
+                return self._drop()
             self._respond(raw, required, answer, fault)
         finally:
             if fault != "429":
@@ -966,7 +979,12 @@ def _install_signal_handlers(runner: _Runner) -> Callable[[], None]:
         threading.Thread(target=runner.stop, daemon=True).start()
 
     previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    return lambda: [signal.signal(sig, old) for sig, old in previous.items()] and None
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
 
 
 class Standin:

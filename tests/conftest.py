@@ -1,0 +1,125 @@
+"""Shared fixtures: the stand-in server as a real process, and the bfcl-ext command as one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support.vllm_cpu import free_port
+
+BFCL_EXT = [sys.executable, "-m", "bfcl_ext"]
+CLEAN_ENV_PREFIXES = ("VLLM_", "BFCL_EXT_", "OPENAI_")
+
+
+def clean_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The test process's environment without any of our settings, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(CLEAN_ENV_PREFIXES)}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class StandinProcess:
+    process: subprocess.Popen[str]
+    port: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        response = requests.get(f"http://127.0.0.1:{self.port}/standin/stats", timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_standin(
+    log_dir: Path, *args: str, port: int | None = None, env: Mapping[str, str] | None = None, wait: bool = True
+) -> StandinProcess:
+    port = port or free_port()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"standin-{port}-{time.monotonic_ns()}.log"
+    log = log_path.open("w")
+    process = subprocess.Popen(
+        [*BFCL_EXT, "standin", "--host", "127.0.0.1", "--port", str(port), *args],
+        cwd=log_dir, env=clean_environment(env), stdout=log, stderr=subprocess.STDOUT, text=True,
+    )
+    standin = StandinProcess(process, port, log_path)
+    if wait:
+        wait_for_health(standin, 60)
+    return standin
+
+
+def wait_for_health(standin: StandinProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not standin.alive():
+            raise AssertionError(f"stand-in exited: {standin.log_path.read_text()}")
+        try:
+            if requests.get(f"http://127.0.0.1:{standin.port}/health", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"stand-in not healthy after {timeout}s")
+
+
+@pytest.fixture
+def standin_factory(tmp_path: Path) -> Iterator[Any]:
+    started: list[StandinProcess] = []
+
+    def factory(*args: str, **kwargs: Any) -> StandinProcess:
+        standin = start_standin(tmp_path / "standin-logs", *args, **kwargs)
+        started.append(standin)
+        return standin
+
+    yield factory
+    for standin in started:
+        standin.stop()
+
+
+def run_bfcl_ext(
+    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*BFCL_EXT, *args], cwd=cwd or tempfile.mkdtemp(prefix="bfcl-ext-cwd-"),  # no stray ./.env env=clean_environment(env), capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def result_lines(output_dir: Path) -> list[dict[str, Any]]:
+    """Every line of every BFCL result file under ``output_dir`` (each must parse)."""
+    lines: list[dict[str, Any]] = []
+    for path in sorted((output_dir / "result").rglob("*_result.json")):
+        lines.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return lines
