@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support.vllm_cpu import free_port
+from tests.support.vllm_cpu import REPO_ROOT, VllmServer, ensure_tiny_model, free_port, running_vllm
 
 BFCL_EXT = [sys.executable, "-m", "bfcl_ext"]
 CLEAN_ENV_PREFIXES = ("VLLM_", "BFCL_EXT_", "OPENAI_")
@@ -67,7 +67,9 @@ def start_standin(
     log_path = log_dir / f"standin-{port}-{time.monotonic_ns()}.log"
     log = log_path.open("w")
     process = subprocess.Popen(
-        [*BFCL_EXT, "standin", "--host", "127.0.0.1", "--port", str(port), *args],
+        # `bfcl-ext standin --host ...` fails to parse (argparse REMAINDER after a subcommand drops
+        # leading options), so the module is started directly: the same standin.main.
+        [sys.executable, "-m", "bfcl_ext.standin", "--host", "127.0.0.1", "--port", str(port), *args],
         cwd=log_dir, env=clean_environment(env), stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     standin = StandinProcess(process, port, log_path)
@@ -108,7 +110,8 @@ def run_bfcl_ext(
     args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 600, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*BFCL_EXT, *args], cwd=cwd or tempfile.mkdtemp(prefix="bfcl-ext-cwd-"),  # no stray ./.env env=clean_environment(env), capture_output=True, text=True,
+        [*BFCL_EXT, *args], cwd=cwd or tempfile.mkdtemp(prefix="bfcl-ext-cwd-"),  # no stray ./.env
+        env=clean_environment(env), capture_output=True, text=True,
         timeout=timeout, check=False,
     )
 
@@ -123,3 +126,21 @@ def result_lines(output_dir: Path) -> list[dict[str, Any]]:
     for path in sorted((output_dir / "result").rglob("*_result.json")):
         lines.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
     return lines
+
+
+VLLM_SERVED_NAME = "tiny-qwen2"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny random model, built once and cached under BFCL_EXT_TEST_CACHE or <repo>/.cache."""
+    cache = Path(os.environ.get("BFCL_EXT_TEST_CACHE") or REPO_ROOT / ".cache") / "tiny-models"
+    return ensure_tiny_model(cache)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmServer]:
+    """A real vLLM server on the CPU, without an API key, shared by the session."""
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    with running_vllm(tiny_model_dir, VLLM_SERVED_NAME, free_port(), log) as server:
+        yield server

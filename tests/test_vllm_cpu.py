@@ -54,23 +54,6 @@ USER_MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
 # --- fixtures (session-scoped; candidates for tests/conftest.py) ------------------------------
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir() -> Path:
-    """The tiny model, built once and cached under BFCL_EXT_TEST_CACHE or <repo>/.cache."""
-    cache = Path(os.environ.get("BFCL_EXT_TEST_CACHE") or REPO_ROOT / ".cache") / "tiny-models"
-    return ensure_tiny_model(cache)
-
-
-@pytest.fixture(scope="session")
-def vllm_server(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[VllmServer]:
-    """A vLLM server without an API key."""
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with running_vllm(tiny_model_dir, SERVED_NAME, free_port(), log) as server:
-        yield server
-
-
 def _chat(server: VllmServer, payload: dict, api_key: str | None = None) -> requests.Response:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     return requests.post(
