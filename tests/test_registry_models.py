@@ -1,0 +1,60 @@
+"""BFCL registry names use BFCL's own handlers; prompt-mode ones need a local tokenizer, offline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.conftest import read_json, run_bfcl_ext
+
+PROMPT_MODEL = "Qwen/Qwen3-0.6B"  # BFCL's QwenHandler: prompts formatted on the client, /v1/completions
+
+
+def test_models_lists_the_registry_with_modes() -> None:
+    done = run_bfcl_ext(["models"], timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = dict(line.split("\t", 1) for line in done.stdout.splitlines())
+    assert rows[PROMPT_MODEL].startswith("prompt\tQwenHandler")
+    assert rows["Qwen/Qwen3-0.6B-FC"].startswith("FC\t")
+    assert len(rows) > 100
+
+
+def test_prompt_mode_registry_model_with_local_tokenizer(standin_factory, tiny_model_dir: Path, tmp_path: Path) -> None:
+    standin = standin_factory("--served-model-name", "served-qwen")
+    out = tmp_path / "out"
+    done = run_bfcl_ext(
+        ["run", "--skip-vllm", "--model", PROMPT_MODEL, "--served-model-name", "served-qwen",
+         "--tokenizer", str(tiny_model_dir), "--test-category", "simple_python", "--limit", "15",
+         "--output-dir", str(out)],
+        env={"VLLM_BASE_URL": standin.base_url},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = read_json(out / "summary.json")
+    assert summary["handler"].startswith("prompt: /v1/completions")
+    assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 15, "total": 15}
+    assert (out / "result" / "Qwen_Qwen3-0.6B" / "non_live" / "BFCL_v4_simple_python_result.json").exists()
+    stats = standin.stats()
+    assert stats["ok"] >= 15 and stats["unmatched"] == 0
+
+
+def test_prompt_mode_without_a_local_tokenizer_fails_fast_and_plainly(standin_factory, tmp_path: Path) -> None:
+    standin = standin_factory("--served-model-name", PROMPT_MODEL)
+    started = time.monotonic()
+    done = run_bfcl_ext(
+        ["run", "--skip-vllm", "--model", PROMPT_MODEL, "--test-category", "simple_python",
+         "--output-dir", str(tmp_path / "out")],
+        env={"VLLM_BASE_URL": standin.base_url, "HF_HOME": str(tmp_path / "empty-hf-home")},
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "BFCL_EXT_TOKENIZER/--tokenizer" in done.stderr and "QwenHandler" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert time.monotonic() - started < 60  # no 64 s hub retry
+
+
+def test_vendor_api_registry_model_is_refused(tmp_path: Path) -> None:
+    done = run_bfcl_ext(
+        ["run", "--skip-vllm", "--model", "claude-opus-4-5-20251101-FC", "--test-category", "simple_python",
+         "--output-dir", str(tmp_path / "out"), "--wait-timeout", "1"],
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "vendor API" in done.stderr
