@@ -64,7 +64,7 @@ def write_json(path: Path, payload: Mapping[str, Any], secrets: Sequence[str | N
 
 
 def source_commit() -> str | None:
-    """The git commit of the bfcl_ext source, when it runs from a checkout (or BFCL_EXT_GIT_COMMIT baked into an image)."""
+    """The git commit of the bfcl_ext source when it runs from a checkout, else None."""
     package_dir = Path(__file__).resolve().parent
     if shutil.which("git") is None:
         return None
@@ -74,7 +74,7 @@ def source_commit() -> str | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
+    return (result.stdout.strip() or None) if result.returncode == 0 else None
 
 
 def gpus() -> list[str]:

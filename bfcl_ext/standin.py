@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import secrets
 import signal
 import socket
@@ -210,10 +209,10 @@ def _mentions_all(text: str, case: _Case) -> bool:
 
 
 def _best(candidates: list[_Case], context: str) -> _Case | None:
-    """Prefer more functions, then more of their descriptions found, then a longer question."""
+    """Prefer a longer question, then more functions, then more of their descriptions found."""
     if not candidates:
         return None
-    return max(candidates, key=lambda c: (len(c.functions), _described(c, context), len(c.question)))
+    return max(candidates, key=lambda c: (len(c.question), len(c.functions), _described(c, context)))
 
 
 def _described(case: _Case, context: str) -> int:
@@ -238,8 +237,10 @@ def _answer(case: _Case | None, wrong: bool) -> _Answer:
     if case.ground_truth is not None:
         calls = [_ground_truth_call(case, call) for call in case.ground_truth]
         return _spoiled(calls) if wrong else calls
-    if ("irrelevance" in case.category) != wrong:
+    if ("irrelevance" in case.category) != wrong:  # irrelevance right, or relevance wrong
         return _DECLINE
+    if not case.functions:  # nothing on offer: the wrong answer calls something anyway
+        return [_Call("standin_wrong_call", {}, {})]
     return [_placeholder_call(case.functions[0])]
 
 
@@ -296,10 +297,7 @@ def _placeholder_call(function: dict[str, Any]) -> _Call:
     """A well-formed call of ``function`` with made-up values for its required parameters."""
     parameters = function.get("parameters", {})
     properties = parameters.get("properties", {})
-    arguments = {
-        name: _placeholder(properties.get(name, {}))
-        for name in parameters.get("required", [])
-    }
+    arguments = {name: _placeholder(properties.get(name, {})) for name in parameters.get("required", [])}
     return _Call(function["name"], arguments, properties)
 
 
@@ -350,6 +348,8 @@ def _source_value(value: Any, schema: dict[str, Any], language: str) -> str:
     if language == "python":
         return repr(value)
     text = _java_value(value, schema) if language == "java" else _js_value(value, schema)
+    if '"' in text:  # source already (`new Foo("x")`): BFCL's parsers would not unescape it
+        return text
     if isinstance(value, str) or schema.get("type") in ("String", "any", "char"):
         return json.dumps(text)  # a string literal; BFCL's parsers strip the quotes
     return text
@@ -427,7 +427,9 @@ def _js_literal(value: Any) -> str:
 # --------------------------------------------------------------------------- vLLM's shapes
 
 
-def _error(status: HTTPStatus, message: str, err_type: str | None = None, param: str | None = None) -> dict[str, Any]:
+def _error(
+    status: HTTPStatus, message: str, err_type: str | None = None, param: str | None = None
+) -> dict[str, Any]:
     """vLLM's ``ErrorResponse`` (vllm/entrypoints/serve/engine/protocol.py)."""
     return {
         "error": {
@@ -439,7 +441,9 @@ def _error(status: HTTPStatus, message: str, err_type: str | None = None, param:
     }
 
 
-def _validation_error(kind: str, loc: str, msg: str, given: Any, ctx: dict[str, str] | None = None) -> dict[str, Any]:
+def _validation_error(
+    kind: str, loc: str, msg: str, given: Any, ctx: dict[str, str] | None = None
+) -> dict[str, Any]:
     """What vLLM's ``validation_exception_handler`` answers for a request it cannot read."""
     detail: dict[str, Any] = {"type": kind, "loc": loc, "msg": msg, "input": _summary(given)}
     if ctx:
@@ -492,10 +496,18 @@ def _usage(prompt: str, output: str) -> dict[str, Any]:
     }
 
 
-def _chat_response(model: str, answer: _Answer, language: str, offered: dict[str, str], prompt: str) -> dict[str, Any]:
+def _chat_response(
+    model: str, answer: _Answer, language: str, offered: dict[str, str], prompt: str
+) -> dict[str, Any]:
     """A non-streamed ``chat.completion``: tool calls when tools were offered, else text."""
-    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None,
-                               "annotations": None, "audio": None, "function_call": None}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "annotations": None,
+        "audio": None,
+        "function_call": None,
+    }
     if isinstance(answer, str) or not offered:
         message["content"] = answer if isinstance(answer, str) else _call_text(answer, language)
         output, finish = message["content"], "stop"
@@ -508,8 +520,16 @@ def _chat_response(model: str, answer: _Answer, language: str, offered: dict[str
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish,
-                     "stop_reason": None, "token_ids": None}],
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": finish,
+                "stop_reason": None,
+                "token_ids": None,
+            }
+        ],
         "service_tier": None,
         "system_fingerprint": None,
         "usage": _usage(prompt, output),
@@ -535,9 +555,18 @@ def _completion_response(model: str, text: str, prompt: str) -> dict[str, Any]:
         "object": "text_completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": "stop",
-                     "stop_reason": None, "token_ids": None, "prompt_logprobs": None,
-                     "prompt_token_ids": None}],
+        "choices": [
+            {
+                "index": 0,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": "stop",
+                "stop_reason": None,
+                "token_ids": None,
+                "prompt_logprobs": None,
+                "prompt_token_ids": None,
+            }
+        ],
         "service_tier": None,
         "system_fingerprint": None,
         "usage": _usage(prompt, text),
@@ -600,8 +629,7 @@ class _State:
         self._lock = threading.Lock()
         self._dice = random.Random(options.seed)
         self._in_flight = 0
-        self._counts = {"received": 0, "ok": 0, "errors": 0, "rate_limited": 0,
-                        "rejected": 0, "unmatched": 0}
+        self._counts = {"received": 0, "ok": 0, "errors": 0, "rate_limited": 0, "rejected": 0, "unmatched": 0}
         self._entries: dict[str, int] = {}
 
     def admit(self) -> tuple[int, str | None]:
@@ -718,7 +746,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_json(self, status: HTTPStatus, payload: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json", headers)
 
-    def _send(self, status: HTTPStatus, data: bytes, content_type: str | None, headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self, status: HTTPStatus, data: bytes, content_type: str | None, headers: dict[str, str] | None = None
+    ) -> None:
         self.send_response(status.value, status.phrase)
         if content_type:
             self.send_header("Content-Type", content_type)
@@ -761,7 +791,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _completion(self, body: bytes) -> None:
         self._complete(body, "prompt", self._answer_completion)
 
-    def _complete(self, raw: bytes, required: str, answer: Callable[[dict[str, Any], str], tuple[dict[str, Any], str | None]]) -> None:
+    def _complete(
+        self,
+        raw: bytes,
+        required: str,
+        answer: Callable[[dict[str, Any], str], tuple[dict[str, Any], str | None]],
+    ) -> None:
         """The shared path of both completion endpoints: faults, checks, then the answer."""
         state, options = self.server.state, self.server.options
         if self.server.dead:
@@ -778,7 +813,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.server.crash()
 
-    def _respond(self, raw: bytes, required: str, answer: Callable[..., tuple[dict[str, Any], str | None]], fault: str | None) -> None:
+    def _respond(
+        self,
+        raw: bytes,
+        required: str,
+        answer: Callable[..., tuple[dict[str, Any], str | None]],
+        fault: str | None,
+    ) -> None:
         state, options = self.server.state, self.server.options
         body, problem = self._parse(raw, required)
         if problem is not None:
@@ -787,17 +828,27 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "429":
             state.count("rate_limited")
             message = "Too many requests (injected by the bfcl-ext stand-in). Retry later."
-            return self._send_json(HTTPStatus.TOO_MANY_REQUESTS, _error(HTTPStatus.TOO_MANY_REQUESTS, message), {"Retry-After": "1"})
+            return self._send_json(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                _error(HTTPStatus.TOO_MANY_REQUESTS, message),
+                {"Retry-After": "1"},
+            )
         time.sleep(options.latency)
         if fault == "500":
-            state.count("errors")
-            message = "Internal server error (injected by the bfcl-ext stand-in)."
-            return self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, _error(HTTPStatus.INTERNAL_SERVER_ERROR, message, "InternalServerError"))
-        payload, entry_id = answer(body, body.get("model") or options.served_model_names[0])
+            return self._internal_error("Internal server error (injected by the bfcl-ext stand-in).")
+        try:
+            payload, entry_id = answer(body, body.get("model") or options.served_model_names[0])
+        except Exception as exc:  # a bug or an odd request: answer as vLLM's catch-all does
+            return self._internal_error(f"{type(exc).__name__}: {exc}")
         state.count("ok", entry_id)
         if entry_id is None:
             state.count("unmatched")
         self._send_json(HTTPStatus.OK, payload)
+
+    def _internal_error(self, message: str) -> None:
+        self.server.state.count("errors")
+        payload = _error(HTTPStatus.INTERNAL_SERVER_ERROR, message, "InternalServerError")
+        self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, payload)
 
     def _parse(self, raw: bytes, required: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The request body, or the error vLLM would answer instead."""
@@ -809,9 +860,16 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw)
         except ValueError as exc:
             pos, msg = getattr(exc, "pos", 0), getattr(exc, "msg", str(exc))
-            return {}, _validation_error("json_invalid", f"body.{pos}", "JSON decode error", {}, {"error": msg})
+            return {}, _validation_error(
+                "json_invalid", f"body.{pos}", "JSON decode error", {}, {"error": msg}
+            )
         if not isinstance(body, dict):
-            return {}, _validation_error("model_attributes_type", "body", "Input should be a valid dictionary or object to extract fields from", body)
+            return {}, _validation_error(
+                "model_attributes_type",
+                "body",
+                "Input should be a valid dictionary or object to extract fields from",
+                body,
+            )
         if required not in body:
             return {}, _validation_error("missing", f"body.{required}", "Field required", body)
         return body, self._check_model(body.get("model"))
@@ -870,6 +928,11 @@ class _Server(ThreadingHTTPServer):
     def untrack(self, connection: socket.socket) -> None:
         with self._connections_lock:
             self._connections.discard(connection)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet about clients that hang up; loud (stderr) about anything else."""
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
     def crash(self) -> None:
         """Die like a killed process: stop listening now and drop every connection."""
@@ -1065,12 +1128,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--served-model-name", action="append", dest="served_model_names",
-                        metavar="NAME", help="a model name to serve (repeatable)")
-    parser.add_argument("--mode", default="oracle",
-                        help="oracle | wrong | wrong-category:<category>")
-    parser.add_argument("--api-key-env", metavar="VAR",
-                        help="require the bearer key held by this environment variable")
+    parser.add_argument(
+        "--served-model-name",
+        action="append",
+        dest="served_model_names",
+        metavar="NAME",
+        help="a model name to serve (repeatable)",
+    )
+    parser.add_argument("--mode", default="oracle", help="oracle | wrong | wrong-category:<category>")
+    parser.add_argument(
+        "--api-key-env", metavar="VAR", help="require the bearer key held by this environment variable"
+    )
     parser.add_argument("--load-delay", type=float, default=0.0, help="seconds before the port opens")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each completion")
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of completions answered 500")
