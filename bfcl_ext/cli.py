@@ -23,7 +23,6 @@ EXIT_CODES_HELP = """exit codes:
   4    entries still without an answer after retries (listed; results so far kept; rerun to finish)
   130  interrupted (Ctrl-C)      143  terminated (SIGTERM, e.g. scancel or a SLURM time limit)
 """
-CONTAINER_DEFAULTS_VARIABLE = "BFCL_EXT_CONTAINER"
 
 
 def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
@@ -87,8 +86,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
     flags: dict[str, Any] = {o.name: getattr(args, o.name, None) for o in OPTIONS}
-    container_defaults = {"skip_vllm": True} if environ.get(CONTAINER_DEFAULTS_VARIABLE) else None
-    return resolve(flags, environ, args.env_file, defaults=container_defaults)
+    return resolve(flags, environ, args.env_file)
 
 
 def _dispatch(args: argparse.Namespace, argv: Sequence[str], environ: Mapping[str, str]) -> int:

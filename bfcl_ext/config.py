@@ -22,6 +22,7 @@ DEFAULT_ENV_FILE = Path(".env")
 DEFAULT_PORT = 8000
 DEFAULT_WAIT_TIMEOUT = 1800.0  # a 70B model read from network storage can take 20+ minutes
 DEFAULT_NUM_THREADS = 64
+CONTAINER_VARIABLE = "BFCL_EXT_CONTAINER"  # set by the runner images: skip mode becomes the default
 SECRET_MARKERS = ("key", "token", "secret", "password", "passwd", "credential", "auth")
 
 
@@ -204,13 +205,17 @@ def resolve(
     """Build ``Settings`` from parsed flags (only those the user gave), the environment and a .env file.
 
     ``env_file=None`` reads ``./.env`` when it exists; an explicit file must exist.
-    ``defaults`` replaces built-in defaults (the container images default to skip mode).
+    ``defaults`` replaces built-in defaults; inside the runner images (``BFCL_EXT_CONTAINER``
+    set) skip mode is the default.
     """
+    defaults = dict(defaults or {})
+    if _boolean(CONTAINER_VARIABLE, environ.get(CONTAINER_VARIABLE, "")):
+        defaults.setdefault("skip_vllm", True)
     dotenv_values, env_path = _read_env_file(env_file)
     raw: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for option in OPTIONS:
-        value, source = _pick(option, flags, environ, dotenv_values, defaults or {})
+        value, source = _pick(option, flags, environ, dotenv_values, defaults)
         raw[option.name] = value
         sources[option.name] = source
     return _build(raw, sources, env_path, environ.get("SLURM_JOB_ID"))

@@ -117,6 +117,12 @@ def test_container_defaults_turn_skip_mode_on_and_flags_turn_it_off():
     assert settings(environ={"BFCL_EXT_SKIP_VLLM": "0"}, defaults={"skip_vllm": True}).skip_vllm is False
 
 
+def test_runner_images_default_to_skip_mode():
+    assert settings(environ={"BFCL_EXT_CONTAINER": "1"}).skip_vllm is True
+    assert settings(environ={"BFCL_EXT_CONTAINER": "1"}, flags={"skip_vllm": False}).skip_vllm is False
+    assert settings(environ={"BFCL_EXT_CONTAINER": "0"}).skip_vllm is False
+
+
 def test_endpoint_forms():
     assert settings(environ={"VLLM_ENDPOINT": "http://node:9000"}).endpoint.base_url == "http://node:9000/v1"
     assert settings(environ={"VLLM_ENDPOINT": "http://node", "VLLM_PORT": "9001"}).endpoint.base_url == (
