@@ -58,17 +58,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(check, [o.name for o in OPTIONS if o.name not in ("test_categories", "limit", "num_threads",
                                                                    "retry_rounds", "recovery_timeout", "tokenizer")])
     commands.add_parser("models", help="list BFCL's registry models (scored with BFCL's own handlers)")
-    standin = commands.add_parser("standin", help="serve the OpenAI-compatible stand-in (oracle, faults)",
-                                  add_help=False)
-    standin.add_argument("standin_args", nargs=argparse.REMAINDER)
+    # parsed by the stand-in itself (see main): listed here for --help
+    commands.add_parser("standin", help="serve the OpenAI-compatible stand-in (oracle, faults); standin --help")
     return parser
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     environ = dict(process_environment() if environ is None else environ)  # a snapshot: we set BFCL_PROJECT_ROOT later
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv[:1] == ["standin"]:
+        from bfcl_ext import standin
+
+        return standin.main(argv[1:])
+    args = build_parser().parse_args(argv)
     try:
         return _dispatch(args, argv, environ)
     except BfclExtError as error:
@@ -90,10 +92,6 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
 
 
 def _dispatch(args: argparse.Namespace, argv: Sequence[str], environ: Mapping[str, str]) -> int:
-    if args.command == "standin":
-        from bfcl_ext import standin
-
-        return standin.main(args.standin_args)
     if args.command == "models":
         return _list_models()
     settings = _settings(args, environ)
