@@ -78,6 +78,12 @@ def _boolean(label: str, raw: str) -> bool:
     raise ConfigError(label, raw, "expected 1/0, true/false, yes/no or on/off")
 
 
+def _path(label: str, raw: str) -> Path:
+    if not raw.strip():
+        raise ConfigError(label, raw, "empty path")
+    return Path(raw)
+
+
 def _words(label: str, raw: str) -> tuple[str, ...]:
     try:
         return tuple(shlex.split(raw))
@@ -107,7 +113,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("skip_vllm", "BFCL_EXT_SKIP_VLLM", "--skip-vllm", False, _boolean,
            "do not launch vLLM: use the server already running at the endpoint"),
     Option("output_dir", "BFCL_EXT_OUTPUT_DIR", "--output-dir", Path("bfcl-results"),
-           lambda _label, raw: Path(raw), "folder for results, scores, summary.json, manifest.json, logs"),
+           _path, "folder for results, scores, summary.json, manifest.json, logs"),
     Option("wait_timeout", "BFCL_EXT_WAIT_TIMEOUT", "--wait-timeout", DEFAULT_WAIT_TIMEOUT,
            _number(float, 0), "seconds to wait for the server to be ready"),
     Option("served_model_name", "BFCL_EXT_SERVED_MODEL_NAME", "--served-model-name", None, _optional_text,

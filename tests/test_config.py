@@ -163,6 +163,7 @@ BAD = [
     ({"BFCL_EXT_TEMPERATURE": "hot"}, "BFCL_EXT_TEMPERATURE='hot'", "not a number"),
     ({"BFCL_EXT_VLLM_ARGS": "--x 'unclosed"}, "BFCL_EXT_VLLM_ARGS=\"--x 'unclosed\"", "cannot split"),
     ({"BFCL_EXT_VLLM_COMMAND": ""}, "BFCL_EXT_VLLM_COMMAND=''", "must name a program"),
+    ({"BFCL_EXT_OUTPUT_DIR": ""}, "BFCL_EXT_OUTPUT_DIR=''", "empty path"),
     ({"BFCL_EXT_TEST_CATEGORY": " , "}, "BFCL_EXT_TEST_CATEGORY=' , '", "at least one"),
 ]
 
@@ -175,6 +176,19 @@ def test_bad_values_name_the_setting_and_the_value(environ, named, reason):
     assert message.startswith(named), message
     assert reason in message
     assert "\n" not in message
+
+
+def test_env_example_documents_every_setting_and_parses(tmp_path):
+    from tests.support.vllm_cpu import REPO_ROOT
+
+    example = REPO_ROOT / ".env.example"
+    text = example.read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
+    for option in OPTIONS:
+        assert f"{option.env}=" in text, f"{option.env} missing from .env.example"
+        assert f"`{option.env}" in readme and f"`{option.flag}`" in readme, f"{option.env} missing from README"
+    s = settings(env_file=example)
+    assert s.model == "Qwen/Qwen3-8B" and s.endpoint.base_url == "http://vllm:8000/v1"
 
 
 def test_missing_explicit_env_file_is_an_error(tmp_path):
