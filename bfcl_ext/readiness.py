@@ -334,8 +334,12 @@ def wait_until_ready(
     progress_interval: float = 15.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    name_may_vanish: bool = False,
 ) -> ServerInfo:
     """Poll ``probe`` until ready or ``timeout`` seconds pass.
+
+    ``name_may_vanish``: a server that is coming BACK (a restarted container or pod) has no DNS
+    name while it is down, so an unresolved name is then waited out like a refused connection.
 
     Refused connections, 5xx, a /health that is not 200, slow requests and a model not listed
     yet are waited out; DNS, TLS and auth failures raise at once, and so does the death of the
@@ -352,6 +356,10 @@ def wait_until_ready(
                 info = _probe(session, endpoint, served_model_name, _request_timeout(deadline - clock()))
                 return replace(info, waited_s=clock() - start)
             except _TRANSIENT as exc:
+                last = exc
+            except NameNotResolved as exc:
+                if not name_may_vanish:
+                    raise
                 last = exc
             now = clock()
             if now >= deadline:

@@ -94,7 +94,7 @@ def serving(settings: Settings, environ: Mapping[str, str]) -> Iterator[Server]:
         server.stop()
 
 
-def wait_ready(settings: Settings, server: Server, timeout: float) -> readiness.ServerInfo:
+def wait_ready(settings: Settings, server: Server, timeout: float, recovering: bool = False) -> readiness.ServerInfo:
     managed = server.managed
     return readiness.wait_until_ready(
         server.endpoint,
@@ -102,6 +102,7 @@ def wait_ready(settings: Settings, server: Server, timeout: float) -> readiness.
         timeout,
         process_alive=managed.alive if managed else None,
         process_log_tail=managed.log_tail if managed else None,
+        name_may_vanish=recovering,
     )
 
 
@@ -115,7 +116,7 @@ def _gate(settings: Settings, server: Server) -> generation.ServerGate:
 
     def wait_again() -> str | None:
         try:
-            wait_ready(settings, server, settings.recovery_timeout)
+            wait_ready(settings, server, settings.recovery_timeout, recovering=True)
         except NotReadyError as error:
             return str(error)
         return None
