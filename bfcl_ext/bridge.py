@@ -197,7 +197,6 @@ class RequestStats:
     sent: int = 0
     ok: int = 0
     errors_by_status: dict[str, int] = field(default_factory=dict)
-    connection_errors: int = 0
     calls: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -214,7 +213,8 @@ class RequestStats:
             "http_requests_sent": self.sent,
             "http_ok": self.ok,
             "http_errors_by_status": dict(sorted(self.errors_by_status.items())),
-            "connection_errors": self.connection_errors,
+            # a request sent that got no HTTP answer at all: refused, reset, timed out
+            "connection_errors": max(0, self.sent - self.ok - sum(self.errors_by_status.values())),
             "retried_requests": max(0, self.sent - self.calls),
         }
 
@@ -528,10 +528,14 @@ def write_answer(session: Session, line: dict[str, Any]) -> None:
 
 
 def sort_result_files(session: Session) -> None:
-    from bfcl_eval.utils import sort_file_content_by_id
-
+    """Sort each result file by id, atomically (upstream's sort truncates and rewrites in place,
+    so a kill or a signal in the middle would lose answers already on disk)."""
     for path in result_files(session):
-        sort_file_content_by_id(path)
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        ordered = [line for _, line in sorted(((sort_key(json.loads(line)), line) for line in lines),
+                                              key=lambda pair: pair[0])]
+        if ordered != lines:
+            _atomic_write_lines(path, ordered)
 
 
 # ---------------------------------------------------------------- evaluation

@@ -133,14 +133,19 @@ def _one_pass(
     stop_seen_at: float | None = None
     while settled < len(entries):
         if stop.is_set():
-            stop_seen_at = stop_seen_at or time.monotonic()
-            _drain(work)
+            if stop_seen_at is None:
+                stop_seen_at = time.monotonic()
+                _drain(work)  # nothing new is sent; each worker ends once the request it holds is done
+                for _ in workers:
+                    work.put(None)
             if time.monotonic() - stop_seen_at > IN_FLIGHT_GRACE_S:
                 break
         try:
             entry_id, ok = done.get(timeout=0.2)
         except queue.Empty:
-            if gate.abandoned_reason and work.empty() and all(not w.is_alive() for w in workers):
+            if (gate.abandoned_reason or stop_seen_at is not None) and work.empty() and (
+                all(not w.is_alive() for w in workers) and done.empty()  # workers gone: nothing more comes
+            ):
                 break
             continue
         settled += 1

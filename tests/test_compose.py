@@ -1,0 +1,166 @@
+"""compose.yaml with a real Docker engine: static checks, the smoke stack, and a server restart.
+
+Needs dockerd, Compose v2 and the local base images (scripts/ci/setup-docker.sh, run by
+scripts/test.sh). Without them these tests fail; they never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pytest_docker.plugin import get_docker_services
+
+from tests.support.docker_env import (
+    COMPOSE_FILES,
+    REPO_ROOT,
+    compose_command,
+    docker,
+    docker_environment,
+    ensure_engine,
+)
+
+SMOKE = "-f compose.yaml -f compose.smoke.yaml"
+pytestmark = pytest.mark.docker
+
+
+def _compose(project: str, files: str, *args: str, env: dict[str, str], check: bool = True,
+             timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    command = [*compose_command(), *files.split(), "-p", project, *args]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    if check and done.returncode != 0:
+        raise AssertionError(f"{' '.join(command)} -> {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+@pytest.mark.parametrize("files", COMPOSE_FILES)
+def test_compose_files_are_valid(files: str) -> None:
+    ensure_engine()
+    done = _compose("bfcl-ext-config", files, "config", "-q", env=docker_environment({"BFCL_EXT_MODEL": "m"}))
+    assert done.returncode == 0
+
+
+def test_base_compose_file_matches_the_compose_spec_schema() -> None:
+    tool = Path(os.sys.executable).with_name("check-jsonschema")
+    assert tool.exists(), "check-jsonschema missing: scripts/install.sh --test"
+    done = subprocess.run([str(tool), "--builtin-schema", "vendor.compose-spec", "compose.yaml"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfiles_are_hadolint_clean() -> None:
+    tool = Path(os.sys.executable).with_name("hadolint")
+    assert tool.exists(), "hadolint missing: scripts/install.sh --test"
+    dockerfiles = sorted(REPO_ROOT.glob("docker/**/Dockerfile"))
+    assert len(dockerfiles) >= 2
+    done = subprocess.run([str(tool), *map(str, dockerfiles)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _results_dir(tmp_path: Path) -> Path:
+    results = tmp_path / "results"
+    results.mkdir()
+    os.chown(results, 1000, 1000)  # the runner image's user; never root
+    return results
+
+
+@pytest.fixture
+def smoke_env(tmp_path: Path) -> dict[str, str]:
+    ensure_engine()
+    return docker_environment({"BFCL_EXT_RESULTS_DIR": str(_results_dir(tmp_path)),
+                               "BFCL_EXT_MODEL": "org/smoke_model"})
+
+
+def test_smoke_stack_scores_simple_python_at_100_percent(smoke_env: dict[str, str]) -> None:
+    project = "bfclsmoke"
+    results = Path(smoke_env["BFCL_EXT_RESULTS_DIR"])
+    try:
+        done = _compose(project, SMOKE, "up", "--build", "--exit-code-from", "runner", env=smoke_env, check=False)
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        summary = json.loads((results / "summary.json").read_text())
+        assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 400, "total": 400}
+        assert summary["mode"] == "skip"
+        assert summary["endpoint"] == "http://vllm:8000/v1"
+        assert (results / "summary.json").stat().st_uid == 1000
+        runner = _container(project, "runner")
+        assert runner["Config"]["User"] in ("1000:1000", "1000")
+        assert runner["HostConfig"]["ReadonlyRootfs"] is True
+        server = _container(project, "vllm")
+        published = server["HostConfig"]["PortBindings"] or {}
+        assert published == {}, f"server port published on the host: {published}"
+    finally:
+        _compose(project, SMOKE, "down", "--remove-orphans", env=smoke_env, check=False)
+    assert _project_containers(project) == []
+
+
+def _project_containers(project: str) -> list[str]:
+    out = subprocess.run([docker(), "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def _container(project: str, service: str) -> dict:
+    ids = subprocess.run(
+        [docker(), "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}",
+         "--filter", f"label=com.docker.compose.service={service}"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert ids, f"no {service} container in {project}"
+    return json.loads(subprocess.run([docker(), "inspect", ids[0]], capture_output=True, text=True,
+                                     check=True).stdout)[0]
+
+
+@pytest.fixture
+def slow_smoke_stack(smoke_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """The smoke stack's server answering slowly, brought up by pytest-docker."""
+    env = dict(smoke_env, BFCL_EXT_NUM_THREADS="4", SMOKE_LATENCY="0.04")
+    for key, value in env.items():  # pytest-docker runs compose with this process's environment
+        monkeypatch.setenv(key, value)
+    for key in [k for k in os.environ if k.startswith(("VLLM_", "SERVE_"))]:
+        monkeypatch.delenv(key)
+    with get_docker_services(
+        " ".join(compose_command()), [str(REPO_ROOT / "compose.yaml"), str(REPO_ROOT / "compose.smoke.yaml")],
+        "bfclrestart", ["build", "up -d --wait vllm"], ["down --remove-orphans"],
+    ):
+        yield env
+
+
+def test_server_container_restart_mid_run_loses_and_duplicates_nothing(slow_smoke_stack: dict[str, str]) -> None:
+    env = slow_smoke_stack
+    project = "bfclrestart"
+    results = Path(env["BFCL_EXT_RESULTS_DIR"])
+    outcome: dict[str, subprocess.CompletedProcess[str]] = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault(
+        "run", _compose(project, SMOKE, "run", "--rm", "runner", "run", env=env, check=False)))
+    runner.start()
+    _wait_for_result_lines(results, 30, 120)
+    _compose(project, SMOKE, "stop", "vllm", env=env)
+    time.sleep(3)
+    _compose(project, SMOKE, "start", "vllm", env=env)
+    runner.join(600)
+    done = outcome["run"]
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["categories"]["simple_python"]["accuracy"] == 1.0
+    outage_seen = summary["requests"]["connection_errors"] + summary["server_recoveries"]
+    assert outage_seen >= 1, summary["requests"]
+    ids = [json.loads(line)["id"] for path in (results / "result").rglob("*_result.json")
+           for line in path.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 400
+
+
+def _wait_for_result_lines(results: Path, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = list((results / "result").rglob("*_result.json")) if (results / "result").exists() else []
+        if sum(len(f.read_text().splitlines()) for f in files) >= count:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {count} answers after {timeout}s")
