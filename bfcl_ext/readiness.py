@@ -330,7 +330,7 @@ def wait_until_ready(
     process_alive: Callable[[], bool] | None = None,
     process_log_tail: Callable[[], str] | None = None,
     progress: Callable[[str], None] = _print_to_stderr,
-    poll_interval: float = 2.0,
+    poll_interval: float = 0.5,
     progress_interval: float = 15.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
