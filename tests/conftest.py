@@ -67,9 +67,7 @@ def start_standin(
     log_path = log_dir / f"standin-{port}-{time.monotonic_ns()}.log"
     log = log_path.open("w")
     process = subprocess.Popen(
-        # `bfcl-ext standin --host ...` fails to parse (argparse REMAINDER after a subcommand drops
-        # leading options), so the module is started directly: the same standin.main.
-        [sys.executable, "-m", "bfcl_ext.standin", "--host", "127.0.0.1", "--port", str(port), *args],
+        [*BFCL_EXT, "standin", "--host", "127.0.0.1", "--port", str(port), *args],
         cwd=log_dir, env=clean_environment(env), stdout=log, stderr=subprocess.STDOUT, text=True,
     )
     standin = StandinProcess(process, port, log_path)
