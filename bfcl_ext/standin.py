@@ -1135,6 +1135,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="a model name to serve (repeatable)",
     )
+    parser.add_argument("--model", help="as vLLM's: served under this name unless --served-model-name says otherwise")
     parser.add_argument("--mode", default="oracle", help="oracle | wrong | wrong-category:<category>")
     parser.add_argument(
         "--api-key-env", metavar="VAR", help="require the bearer key held by this environment variable"
@@ -1150,15 +1151,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _options_from(args: argparse.Namespace) -> StandinOptions:
-    api_key = None
+    api_key = os.environ.get("VLLM_API_KEY") or None  # read from the environment, as vLLM does
     if args.api_key_env:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise ValueError(f"--api-key-env={args.api_key_env}: that environment variable is not set")
+    names = args.served_model_names or ([args.model] if args.model else None)
     return StandinOptions(
         host=args.host,
         port=args.port,
-        served_model_names=tuple(args.served_model_names or StandinOptions.served_model_names),
+        served_model_names=tuple(names or StandinOptions.served_model_names),
         mode=args.mode,
         api_key=api_key,
         load_delay=args.load_delay,
@@ -1174,7 +1176,10 @@ def _options_from(args: argparse.Namespace) -> StandinOptions:
 def main(argv: list[str] | None = None) -> int:
     """``python -m bfcl_ext.standin``: serve until SIGTERM/SIGINT (0) or a crash (1)."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    # Flags meant for vLLM (when the stand-in plays the managed server) are accepted and ignored.
+    args, ignored = parser.parse_known_args(argv)
+    if ignored:
+        print(f"standin: ignoring vLLM arguments: {' '.join(ignored)}", file=sys.stderr, flush=True)
     try:
         options = _options_from(args)
     except ValueError as exc:
