@@ -200,12 +200,20 @@ class RequestStats:
     calls: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count(self, attribute: str, status: int | None = None) -> None:
+    def count_call(self) -> None:
         with self.lock:
-            if status is not None:
-                self.errors_by_status[str(status)] = self.errors_by_status.get(str(status), 0) + 1
+            self.calls += 1
+
+    def count_sent(self) -> None:
+        with self.lock:
+            self.sent += 1
+
+    def count_response(self, status: int) -> None:
+        with self.lock:
+            if status < 400:
+                self.ok += 1
             else:
-                setattr(self, attribute, getattr(self, attribute) + 1)
+                self.errors_by_status[str(status)] = self.errors_by_status.get(str(status), 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -230,7 +238,7 @@ class _GuardedCreate:
         import openai
 
         kwargs.pop("timeout", None)  # upstream passes 72000 s; the client's timeout applies instead
-        self._stats.count("calls")
+        self._stats.count_call()
         try:
             response = self._create(**kwargs)
         except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as error:
@@ -271,17 +279,11 @@ def make_client(base_url: str, api_key: str | None, timeout: float, max_retries:
     import httpx
     import openai
 
-    def on_request(_request: httpx.Request) -> None:
-        stats.count("sent")
-
-    def on_response(response: httpx.Response) -> None:
-        if response.status_code < 400:
-            stats.count("ok")
-        else:
-            stats.count("errors", response.status_code)
-
     http_client = httpx.Client(
-        event_hooks={"request": [on_request], "response": [on_response]},
+        event_hooks={
+            "request": [lambda _request: stats.count_sent()],
+            "response": [lambda response: stats.count_response(response.status_code)],
+        },
         timeout=timeout,
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
     )
