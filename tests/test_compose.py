@@ -43,7 +43,8 @@ def _compose(project: str, files: str, *args: str, env: dict[str, str], check: b
 @pytest.mark.parametrize("files", COMPOSE_FILES)
 def test_compose_files_are_valid(files: str) -> None:
     ensure_engine()
-    done = _compose("bfcl-ext-config", files, "config", "-q", env=docker_environment({"BFCL_EXT_MODEL": "m"}))
+    env = docker_environment({"BFCL_EXT_MODEL": "m", "CPU_MODEL_DIR": "/tmp"})
+    done = _compose("bfcl-ext-config", files, "config", "-q", env=env)
     assert done.returncode == 0
 
 
@@ -164,3 +165,36 @@ def _wait_for_result_lines(results: Path, count: int, timeout: float) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"fewer than {count} answers after {timeout}s")
+
+
+CPU = "-f compose.yaml -f compose.cpu.yaml"
+
+
+def test_cpu_vllm_stack_serves_the_tiny_model_to_the_runner(tmp_path: Path, tiny_model_dir: Path) -> None:
+    ensure_engine()
+    project = "bfclcpu"
+    results = _results_dir(tmp_path)
+    env = docker_environment({
+        "BFCL_EXT_RESULTS_DIR": str(results), "CPU_MODEL_DIR": str(tiny_model_dir),
+        "BFCL_EXT_MODEL": "tiny-qwen2", "BFCL_EXT_LIMIT": "3", "BFCL_EXT_NUM_THREADS": "3",
+    })
+    try:
+        started = time.monotonic()
+        done = _compose(project, CPU, "up", "--build", "--exit-code-from", "runner", env=env, check=False)
+        elapsed = time.monotonic() - started
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        summary = json.loads((results / "summary.json").read_text())
+        assert summary["categories"]["simple_python"]["total"] == 3
+        assert summary["requests"]["http_ok"] >= 3
+        manifest = json.loads((results / "manifest.json").read_text())
+        assert manifest["server"]["version"] == "0.32.0"
+        assert [m["id"] for m in manifest["server"]["models"]["data"]] == ["tiny-qwen2"]
+        server = _container(project, "vllm")
+        # stopped by now (--exit-code-from stops the stack); its health log shows it was healthy
+        assert any(check["ExitCode"] == 0 for check in server["State"]["Health"]["Log"])
+        assert (server["HostConfig"]["PortBindings"] or {}) == {}
+        print(f"compose up -> runner done: {elapsed:.1f} s; "
+              f"first request {summary['durations_s']['first_request_after_ready']} s after ready")
+    finally:
+        _compose(project, CPU, "down", "--remove-orphans", env=env, check=False)
+    assert _project_containers(project) == []

@@ -9,7 +9,11 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_PYTHON_BASE = "bfcl-ext-local/python:3.11-bookworm"
-COMPOSE_FILES = ("-f compose.yaml", "-f compose.yaml -f compose.smoke.yaml")
+COMPOSE_FILES = (
+    "-f compose.yaml",
+    "-f compose.yaml -f compose.smoke.yaml",
+    "-f compose.yaml -f compose.cpu.yaml",
+)
 
 
 def docker() -> str:
