@@ -37,6 +37,10 @@ start_engine() {
         return
     fi
     mkdir -p "$DOCKER_STATE"
+    # a dockerd killed with its machine session leaves its pid file behind
+    if [ -f "$DOCKER_STATE/dockerd.pid" ] && ! kill -0 "$(cat "$DOCKER_STATE/dockerd.pid")" 2>/dev/null; then
+        rm -f "$DOCKER_STATE/dockerd.pid"
+    fi
     log "starting dockerd (data: $DOCKER_STATE/data, log: $DOCKER_STATE/dockerd.log)"
     nohup dockerd --data-root "$DOCKER_STATE/data" -p "$DOCKER_STATE/dockerd.pid" \
         >"$DOCKER_STATE/dockerd.log" 2>&1 &
