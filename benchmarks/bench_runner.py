@@ -724,7 +724,8 @@ def print_table(figures: dict[str, Any]) -> None:
         rows += [
             ("2 simple_python, 8 threads, 0 s: bfcl-ext median", f"{s2['bfcl_ext_median_s']:.2f} s", "", ""),
             ("2 simple_python, 8 threads, 0 s: upstream median", f"{s2['upstream_median_s']:.2f} s", "", ""),
-            ("2 ratio bfcl-ext / upstream", f"{s2['ratio']:.2f}", f"<= {s2['target_ratio']}", verdict(s2["meets_target"])),
+            ("2 ratio bfcl-ext / upstream", f"{s2['ratio']:.2f}", f"<= {s2['target_ratio']}",
+             verdict(s2["meets_target"])),
         ]
     if s3:
         rows.append(("3 bfcl-ext --help, median", f"{s3['median_s']:.3f} s", f"< {s3['target_s']} s",
@@ -749,7 +750,8 @@ def print_table(figures: dict[str, Any]) -> None:
     if s1:
         rows.append(("5 max RSS bfcl-ext run (scenario 1)", f"{s1['bfcl_ext']['max_rss_mib']:.0f} MiB", "", ""))
         for process in s1["upstream"]["processes"]:
-            rows.append((f"5 max RSS upstream {process['name']} (scenario 1)", f"{process['max_rss_mib']:.0f} MiB", "", ""))
+            rows.append((f"5 max RSS upstream {process['name']} (scenario 1)",
+                         f"{process['max_rss_mib']:.0f} MiB", "", ""))
     width = max(len(r[0]) for r in rows) if rows else 10
     say("\n" + "=" * (width + 50))
     say(f"{'figure':<{width}}  {'value':>16}  {'target':>8}  verdict")

@@ -314,7 +314,9 @@ def _endpoint(raw: dict[str, Any], sources: dict[str, str]) -> Endpoint:
         explicit_port = raw["vllm_port"] if sources["vllm_port"] != "default" else None
         return Endpoint(_checked_url(label, host, explicit_port), api_key)
     if any(char in host for char in "/?#@ ") or host.count(":") == 1:
-        raise ConfigError(label, host, "expected a host name or address (put the port in VLLM_PORT, or give a full URL)")
+        raise ConfigError(
+            label, host, "expected a host name or address (put the port in VLLM_PORT, or give a full URL)"
+        )
     netloc = f"[{host}]" if ":" in host else host
     return Endpoint(f"http://{netloc}:{raw['vllm_port']}/v1", api_key)
 

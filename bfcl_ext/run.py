@@ -6,7 +6,6 @@ import contextlib
 import importlib.util
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -64,7 +63,8 @@ def _check_output_dir(path: Path) -> None:
         raise ConfigError(OUTPUT_SETTING, str(path), f"not writable ({error.strerror or error})") from None
     free = shutil.disk_usage(path).free
     if free < MIN_FREE_BYTES:
-        raise ConfigError(OUTPUT_SETTING, str(path), f"only {free // 2**20} MiB free; need {MIN_FREE_BYTES // 2**20} MiB")
+        need = MIN_FREE_BYTES // 2**20
+        raise ConfigError(OUTPUT_SETTING, str(path), f"only {free // 2**20} MiB free; need {need} MiB")
 
 
 @contextlib.contextmanager
@@ -249,8 +249,10 @@ def _summary(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) ->
         "partial": settings.limit is not None,
         "limit": settings.limit,
         "categories": per_category,
-        "overall": {"accuracy": (correct / total) if total else None, "correct": correct, "total": total,
-                    "note": "entry-weighted over the categories scored; BFCL's weighted overall is in score/data_overall.csv"},
+        "overall": {
+            "accuracy": (correct / total) if total else None, "correct": correct, "total": total,
+            "note": "entry-weighted over the categories scored; BFCL's weighted overall is in score/data_overall.csv",
+        },
         "entries": {
             "selected": len(context.entries),
             "answered": len(context.answered & {e["id"] for e in context.entries}),

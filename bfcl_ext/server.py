@@ -18,7 +18,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from bfcl_ext.endpoint import Endpoint
 
 # vLLM reads VLLM_PORT itself (its internal communication port), so our meaning of it must not
 # leak into the server's environment; VLLM_API_KEY is vLLM's own name for the key, set below.

@@ -3,7 +3,6 @@ VLLM_API_KEY like vLLM). The same paths run against the real CPU vLLM in test_ru
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -86,7 +85,9 @@ def test_slurm_job_id_gives_the_same_port_on_a_rerun() -> None:
 
 
 def test_server_command_shapes() -> None:
-    serve = server_command(("vllm", "serve"), "Qwen/Qwen3-8B", "served", "0.0.0.0", 8001, ("--tensor-parallel-size", "2"))
+    serve = server_command(
+        ("vllm", "serve"), "Qwen/Qwen3-8B", "served", "0.0.0.0", 8001, ("--tensor-parallel-size", "2")
+    )
     assert serve == ["vllm", "serve", "Qwen/Qwen3-8B", "--host", "0.0.0.0", "--port", "8001", "--served-model-name",
                      "served", "--generation-config", "vllm", "--tensor-parallel-size", "2"]
     module = server_command(("python", "-m", "vllm.entrypoints.openai.api_server"), "m", "m", "h", 1,

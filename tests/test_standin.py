@@ -12,7 +12,8 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import pytest
 import requests

@@ -32,6 +32,12 @@ def test_shell_scripts_use_strict_mode() -> None:
         assert "set -euo pipefail" in script.read_text(), script
 
 
+def test_python_sources_are_ruff_clean() -> None:
+    done = subprocess.run([_tool("ruff"), "check", "bfcl_ext", "tests", "benchmarks"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_help_does_not_import_bfcl_eval_or_openai() -> None:
     code = (
         "import sys\n"

@@ -20,9 +20,7 @@ import pytest
 import requests
 
 from tests.support.vllm_cpu import (
-    REPO_ROOT,
     VllmServer,
-    ensure_tiny_model,
     free_port,
     group_pids,
     running_vllm,
