@@ -172,7 +172,8 @@ def _register_served_model(registry_name: str, served_name: str) -> None:
 
     config = ModelConfig(
         model_name=served_name,
-        display_name=f"{served_name} (FC, bfcl-ext)",
+        # upstream writes its leaderboard CSVs with ",".join, unquoted: a comma here would shift every column
+        display_name=f"{served_name.replace(',', ';')} (FC; bfcl-ext)",
         url="",
         org="",
         license="",
@@ -325,6 +326,19 @@ def open_session(
     tokenizer: Path | None,
 ) -> Session:
     """A handler for ``model`` that talks to our client, and the folders it writes to."""
+    handler, registered = _new_handler(model, served_name, temperature)
+    handler.client = client
+    if _is_prompt_handler(handler):
+        _prepare_prompt_handler(handler, served_name, tokenizer)
+        mode = f"prompt: /v1/completions, prompts formatted by BFCL's {type(handler).__name__}"
+    else:
+        origin = "registered by bfcl-ext" if registered else f"BFCL's {type(handler).__name__}"
+        mode = f"function-calling: /v1/chat/completions with tools ({origin})"
+    return Session(handler, model, mode, output_dir / "result", output_dir / "score", stats)
+
+
+def _new_handler(model: str, served_name: str, temperature: float) -> tuple[Any, bool]:
+    """BFCL's handler for ``model``, without a client (a name BFCL does not know is registered first)."""
     from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING
 
     registered = model not in MODEL_CONFIG_MAPPING
@@ -334,15 +348,9 @@ def open_session(
     handler = _openai_compatible(model, config.model_handler)(
         model_name=config.model_name, temperature=temperature, registry_name=model, is_fc_model=config.is_fc_model
     )
-    handler.client = client
-    if _is_prompt_handler(handler):
-        _prepare_prompt_handler(handler, served_name, tokenizer)
-        mode = f"prompt: /v1/completions, prompts formatted by BFCL's {type(handler).__name__}"
-    else:
+    if not _is_prompt_handler(handler):
         handler.model_name = served_name  # the `model` field of each request
-        origin = "registered by bfcl-ext" if registered else f"BFCL's {type(handler).__name__}"
-        mode = f"function-calling: /v1/chat/completions with tools ({origin})"
-    return Session(handler, model, mode, output_dir / "result", output_dir / "score", stats)
+    return handler, registered
 
 
 def _openai_compatible(model: str, handler_class: type) -> type:
@@ -588,6 +596,18 @@ def evaluate(session: Session, categories: Sequence[str], partial: bool) -> dict
     except (ValueError, ZeroDivisionError, KeyError) as error:  # statistics.stdev needs two latencies
         print(f"bfcl-ext: leaderboard CSV not written ({type(error).__name__}: {error})")
     return scores
+
+
+def rescore(
+    model: str, served_name: str, result_dir: Path, score_dir: Path, categories: Sequence[str], partial: bool
+) -> dict[str, CategoryScore]:
+    """Score answers already on disk again, with no server: BFCL's checker writes into ``score_dir``.
+
+    The handler is built as for a run (it decodes the answers) but gets no client and, for
+    prompt-mode models, no tokenizer: decoding needs neither.
+    """
+    handler, _ = _new_handler(model, served_name, temperature=0.0)
+    return evaluate(Session(handler, model, "re-score", result_dir, score_dir, RequestStats()), categories, partial)
 
 
 def _read_score(session: Session, category: str) -> CategoryScore:

@@ -21,6 +21,7 @@ EXIT_CODES_HELP = """exit codes:
   2    bad configuration (the message names the setting and the value)
   3    server not ready, unreachable, or refusing the key
   4    entries still without an answer after retries (listed; results so far kept; rerun to finish)
+  5    verify: the bundle is damaged, unsafe, or does not re-score to its recorded scores (first difference named)
   130  interrupted (Ctrl-C)      143  terminated (SIGTERM, e.g. scancel or a SLURM time limit)
 """
 
@@ -58,6 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(check, [o.name for o in OPTIONS if o.name not in ("test_categories", "limit", "num_threads",
                                                                    "retry_rounds", "recovery_timeout", "tokenizer")])
     commands.add_parser("models", help="list BFCL's registry models (scored with BFCL's own handlers)")
+    bundle = commands.add_parser("bundle", help="pack a run (results, scores, summary, manifest, server log) into a "
+                                 "reproducible .tar.gz with SHA256SUMS")
+    bundle.add_argument("output_dir", type=Path, metavar="OUTPUT_DIR", help="the run's --output-dir")
+    bundle.add_argument("-o", "--output", type=Path, required=True, metavar="NAME.tar.gz", help="archive to write")
+    verify = commands.add_parser("verify", help="check a bundle: checksums, bfcl-eval version, re-score equals the "
+                                 "recorded scores", epilog=EXIT_CODES_HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    verify.add_argument("archive", type=Path, metavar="NAME.tar.gz")
+    compare = commands.add_parser("compare", help="per-category accuracy of runs side by side, and the recorded "
+                                  "settings that differ")
+    compare.add_argument("runs", type=Path, nargs="+", metavar="RUN", help="output folders or bundles (two or more)")
+    compare.add_argument("--markdown", type=Path, default=None, metavar="FILE",
+                         help="also write the tables as Markdown")
+    compare.add_argument("--chart", type=Path, default=None, metavar="FILE.png", help="also draw per-category "
+                         "accuracy as grouped bars (PNG)")
     # parsed by the stand-in itself (see main): listed here for --help
     commands.add_parser("standin", help="serve the OpenAI-compatible stand-in (oracle, faults); standin --help")
     return parser
@@ -94,6 +110,18 @@ def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
 def _dispatch(args: argparse.Namespace, argv: Sequence[str], environ: Mapping[str, str]) -> int:
     if args.command == "models":
         return _list_models()
+    if args.command == "bundle":
+        from bfcl_ext.bundle import bundle_command
+
+        return bundle_command(args.output_dir, args.output)
+    if args.command == "verify":
+        from bfcl_ext.bundle import verify_command
+
+        return verify_command(args.archive)
+    if args.command == "compare":
+        from bfcl_ext.compare import compare_command
+
+        return compare_command(args.runs, args.markdown, args.chart)
     settings = _settings(args, environ)
     from bfcl_ext.signals import Interruptions
 

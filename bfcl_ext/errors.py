@@ -9,6 +9,7 @@ EXIT_OK = 0
 EXIT_CONFIG = 2
 EXIT_NOT_READY = 3
 EXIT_ENTRIES_FAILED = 4
+EXIT_VERIFY_FAILED = 5
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 
@@ -44,3 +45,9 @@ class EntriesFailedError(BfclExtError):
     def __init__(self, message: str, failed_ids: list[str]) -> None:
         super().__init__(message)
         self.failed_ids = failed_ids
+
+
+class VerificationError(BfclExtError):
+    """A bundle is damaged, unsafe to unpack, or does not re-score to the scores it records."""
+
+    exit_code = EXIT_VERIFY_FAILED

@@ -1,0 +1,584 @@
+"""``bfcl-ext bundle`` and ``bfcl-ext verify``: one run as a reproducible, checksummed archive, and its check.
+
+A bundle is a ``.tar.gz`` holding one folder, ``bfcl-run/``: ``summary.json``, ``manifest.json``,
+BFCL's ``result/`` and ``score/`` trees (with ``score/data_overall.csv``, BFCL's leaderboard row),
+``logs/`` when the run launched vLLM, and ``SHA256SUMS`` (``sha256sum -c`` format, every other
+file). Bundling the same folder twice gives the same bytes: members sorted, regular files only,
+fixed mtime/owner/mode, gzip without a name or a time stamp.
+
+Verifying never trusts the archive: the gzip stream is read to its end (a truncated archive fails
+there), every member is checked before anything is written (a name that climbs out with ``..``,
+an absolute name, a link, a device: refused), and regular files are then written one by one,
+inside a temporary folder that is removed afterwards. Then: checksums, the bfcl-eval version and
+its datasets, and a re-score of the bundled answers with BFCL's checker, compared with every score
+the bundle records. Only this last step imports the evaluator (through ``bridge``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bfcl_ext.errors import BfclExtError, ConfigError, VerificationError
+
+PREFIX = "bfcl-run"
+SUMS = "SHA256SUMS"
+TOP_FILES = ("summary.json", "manifest.json")
+TREES = ("result", "score", "logs")
+LEADERBOARD_CSV = "score/data_overall.csv"
+FIXED_MTIME = 0
+FILE_MODE = 0o644
+GZIP_LEVEL = 6
+TEMPORARY_SUFFIXES = (".tmp", ".lock", ".part", ".swp", "~")
+MAX_UNPACKED_BYTES = 32 * 2**30  # a gzip bomb stops here, not when the disk is full
+OUTPUT_SETTING = "OUTPUT_DIR"
+
+
+# ---------------------------------------------------------------- bundle
+
+
+@dataclass(frozen=True)
+class BundleReport:
+    archive: Path
+    files: int
+    size: int
+    leaderboard: str | None  # where BFCL's leaderboard row is, or None when the run has none
+    warnings: tuple[str, ...]
+
+
+def bundle(output_dir: Path, archive: Path) -> BundleReport:
+    """Pack ``output_dir`` into ``archive`` (written atomically)."""
+    files = collect(output_dir, exclude=archive)
+    summary = _json_of(files, "summary.json", output_dir)
+    warnings: list[str] = []
+    if summary.get("status") != "complete":
+        warnings.append(f"the run's status is {summary.get('status')!r}, not 'complete'")
+    leaderboard = _leaderboard_row(files, summary)
+    if leaderboard is None:
+        warnings.append(f"{LEADERBOARD_CSV} is missing or has no row for the model (BFCL writes it only when "
+                        "a category was scored, with at least two answers for its latency statistics)")
+    files[SUMS] = checksum_list(files)
+    write_archive(files, archive)
+    where = (f"{PREFIX}/{LEADERBOARD_CSV} (model {leaderboard.get('Model')!r}, overall "
+             f"{leaderboard.get('Overall Acc')})") if leaderboard else None
+    return BundleReport(archive, len(files), archive.stat().st_size, where, tuple(warnings))
+
+
+def collect(output_dir: Path, exclude: Path | None = None) -> dict[str, bytes]:
+    """The files a bundle holds, by path relative to the run folder (``/``-separated)."""
+    if not output_dir.is_dir():
+        raise ConfigError(OUTPUT_SETTING, str(output_dir), "not a folder")
+    for name in TOP_FILES:
+        if not (output_dir / name).is_file():
+            raise ConfigError(OUTPUT_SETTING, str(output_dir), f"no {name}: not the output folder of a finished "
+                              "bfcl-ext run")
+    skip = exclude.resolve() if exclude else None
+    files = {name: (output_dir / name).read_bytes() for name in TOP_FILES}
+    for tree in TREES:
+        base = output_dir / tree
+        if base.is_symlink() or not base.is_dir():
+            continue
+        for directory, subdirs, names in os.walk(base, followlinks=False):
+            subdirs[:] = sorted(d for d in subdirs if not _is_temporary(d))
+            for name in sorted(names):
+                path = Path(directory) / name
+                if _is_temporary(name) or path.is_symlink() or not path.is_file() or path.resolve() == skip:
+                    continue
+                relative = path.relative_to(output_dir).as_posix()
+                problem = _name_problem(relative)
+                if problem:
+                    raise ConfigError(OUTPUT_SETTING, str(output_dir), f"cannot bundle {relative!r}: {problem}")
+                files[relative] = path.read_bytes()
+    return files
+
+
+def _is_temporary(name: str) -> bool:
+    """Lock files, atomic-write temporaries (``.x.tmp``), the write probe: never part of a run."""
+    return name.startswith(".") or name.endswith(TEMPORARY_SUFFIXES)
+
+
+def checksum_list(files: Mapping[str, bytes]) -> bytes:
+    """``sha256sum`` format, sorted: ``cd bfcl-run && sha256sum -c SHA256SUMS`` checks it too."""
+    return "".join(
+        f"{hashlib.sha256(files[name]).hexdigest()}  {name}\n" for name in sorted(files) if name != SUMS
+    ).encode()
+
+
+def write_archive(files: Mapping[str, bytes], archive: Path) -> None:
+    """A deterministic ``.tar.gz`` of ``files`` under ``bfcl-run/``: same input, same bytes."""
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    temporary = archive.with_name(f".{archive.name}.tmp")
+    try:
+        with temporary.open("wb") as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=GZIP_LEVEL, mtime=0) as packed:
+                with tarfile.open(fileobj=packed, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for name in sorted(files):
+                        data = files[name]
+                        info = tarfile.TarInfo(f"{PREFIX}/{name}")
+                        info.size = len(data)
+                        info.mtime = FIXED_MTIME
+                        info.mode = FILE_MODE
+                        info.uid = info.gid = 0
+                        info.uname = info.gname = ""
+                        info.type = tarfile.REGTYPE
+                        tar.addfile(info, io.BytesIO(data))
+        os.replace(temporary, archive)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise ConfigError("-o/--output", str(archive), f"cannot write ({error.strerror or error})") from None
+
+
+def _json_of(files: Mapping[str, bytes], name: str, where: Path) -> dict[str, Any]:
+    try:
+        payload = json.loads(files[name])
+    except (KeyError, ValueError):
+        raise ConfigError(OUTPUT_SETTING, str(where), f"{name} is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise ConfigError(OUTPUT_SETTING, str(where), f"{name} is not a JSON object")
+    return payload
+
+
+def _leaderboard_row(files: Mapping[str, bytes], summary: Mapping[str, Any]) -> dict[str, str] | None:
+    data = files.get(LEADERBOARD_CSV)
+    return pick_leaderboard_row(parse_csv(data.decode("utf-8", errors="replace")), summary) if data else None
+
+
+def parse_csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def pick_leaderboard_row(rows: Sequence[Mapping[str, str]], summary: Mapping[str, Any]) -> dict[str, str] | None:
+    """The run's row of BFCL's ``data_overall.csv`` (the file holds one row per model in the folder)."""
+    if len(rows) == 1:
+        return dict(rows[0])
+    names = [str(summary.get(key)) for key in ("served_model_name", "model") if summary.get(key)]
+    for name in names:
+        for row in rows:
+            model = row.get("Model") or ""
+            if model == name or model.startswith(name + " ("):
+                return dict(row)
+    return None
+
+
+def read_leaderboard(root: Path, summary: Mapping[str, Any]) -> dict[str, str] | None:
+    """The run's leaderboard row from a run folder (or an unpacked bundle), or None."""
+    path = root / LEADERBOARD_CSV
+    if not path.is_file():
+        return None
+    return pick_leaderboard_row(parse_csv(path.read_text(encoding="utf-8", errors="replace")), summary)
+
+
+# ---------------------------------------------------------------- unpacking an archive nobody vouched for
+
+
+def _name_problem(name: str) -> str | None:
+    """Why a path inside the bundle folder is refused, or None."""
+    if not name:
+        return "empty name"
+    if name.startswith("/"):
+        return "absolute path"
+    if "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "backslash or control character in the name"
+    parts = name.split("/")
+    if ".." in parts:
+        return "climbs out with '..'"
+    if any(part in ("", ".") for part in parts):
+        return "empty or '.' path component"
+    return None
+
+
+def _member_problem(member: tarfile.TarInfo) -> str | None:
+    name = member.name
+    problem = _name_problem(name.rstrip("/") if member.isdir() else name)
+    if problem:
+        return f"{problem}: it would land outside the folder it is unpacked into"
+    if member.issym():
+        return f"a symbolic link (to {member.linkname!r}); a bundle holds regular files only"
+    if member.islnk():
+        return f"a hard link (to {member.linkname!r}); a bundle holds regular files only"
+    if not (member.isreg() or member.isdir()):
+        return "a device, pipe or other special file; a bundle holds regular files only"
+    if name.split("/", 1)[0] != PREFIX:
+        return f"outside {PREFIX}/: not a bfcl-ext bundle"
+    return None
+
+
+def unpack(archive: Path, workdir: Path) -> Path:
+    """Check and unpack ``archive`` into ``workdir``; returns the bundle folder (``workdir/files/bfcl-run``).
+
+    Nothing is written outside ``workdir``: the whole gzip stream is read first (truncation and
+    corruption fail here), every member is validated next, and only then are regular files
+    written, one by one, with exclusive creation that never follows a link.
+    """
+    if not archive.is_file():
+        raise ConfigError("bundle", str(archive), "no such file")
+    tar_path = workdir / "archive.tar"
+    _gunzip(archive, tar_path)
+    files_root = workdir / "files"
+    files_root.mkdir()
+    try:
+        with tarfile.open(tar_path, mode="r:") as tar:
+            members = tar.getmembers()
+            _check_members(archive, members)
+            for member in members:
+                if member.isreg():
+                    _write_member(tar, member, files_root)
+    except tarfile.TarError as error:
+        raise VerificationError(f"{archive}: damaged archive (tar: {error})") from None
+    except OSError as error:
+        raise VerificationError(f"{archive}: cannot unpack ({error.strerror or error})") from None
+    folder = files_root / PREFIX
+    if not folder.is_dir():
+        raise VerificationError(f"{archive}: no {PREFIX}/ folder inside: not a bfcl-ext bundle")
+    return folder
+
+
+def _gunzip(archive: Path, target: Path) -> None:
+    unpacked = 0
+    try:
+        with gzip.open(archive, "rb") as source, target.open("wb") as sink:
+            while block := source.read(1 << 20):
+                unpacked += len(block)
+                if unpacked > MAX_UNPACKED_BYTES:
+                    limit = MAX_UNPACKED_BYTES // 2**30
+                    raise VerificationError(f"{archive}: unpacks to more than {limit} GiB; refused")
+                sink.write(block)
+    except EOFError:
+        raise VerificationError(f"{archive}: truncated archive (the gzip stream ends early)") from None
+    except (gzip.BadGzipFile, zlib.error) as error:
+        raise VerificationError(f"{archive}: damaged archive (gzip: {error})") from None
+    except OSError as error:
+        raise VerificationError(f"{archive}: cannot read ({error.strerror or error})") from None
+
+
+def _check_members(archive: Path, members: Sequence[tarfile.TarInfo]) -> None:
+    if not members:
+        raise VerificationError(f"{archive}: empty archive: not a bfcl-ext bundle")
+    seen: set[str] = set()
+    for member in members:
+        problem = _member_problem(member)
+        if problem:
+            raise VerificationError(f"{archive}: member {member.name!r} refused: {problem} (nothing was unpacked)")
+        name = member.name.rstrip("/")
+        if name in seen:
+            raise VerificationError(f"{archive}: member {member.name!r} appears twice (nothing was unpacked)")
+        seen.add(name)
+
+
+def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, files_root: Path) -> None:
+    target = files_root.joinpath(*member.name.split("/"))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.parent.resolve().is_relative_to(files_root.resolve()):  # cannot happen after the checks above
+        raise OSError(f"{member.name!r} resolves outside the unpack folder")
+    source = tar.extractfile(member)
+    if source is None:
+        raise tarfile.ReadError(f"no data for {member.name!r}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    with source, os.fdopen(os.open(target, flags, FILE_MODE), "wb") as sink:
+        shutil.copyfileobj(source, sink, 1 << 20)
+
+
+@contextlib.contextmanager
+def opened(path: Path) -> Iterator[Path]:
+    """A run folder as is, or a bundle unpacked into a temporary folder removed on exit."""
+    if path.is_dir():
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="bfcl-ext-bundle-") as workdir:
+        yield unpack(path, Path(workdir))
+
+
+# ---------------------------------------------------------------- verify
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    archive: Path
+    files: int
+    bfcl_eval: str
+    scores: dict[str, tuple[float, int, int]]  # category -> accuracy, correct, total (re-scored)
+
+
+def verify(archive: Path) -> VerifyReport:
+    """Every check in order; the first failure raises ``VerificationError`` naming it."""
+    from bfcl_ext import bridge
+
+    with tempfile.TemporaryDirectory(prefix="bfcl-ext-verify-") as workdir:
+        bridge.use_project_root(Path(workdir) / ".bfcl-eval")  # before anything of bfcl-eval's is imported
+        root = unpack(archive, Path(workdir))
+        count = check_checksums(archive, root)
+        summary = _load(archive, root, "summary.json")
+        manifest = _load(archive, root, "manifest.json")
+        version = _check_bfcl_eval(archive, manifest)
+        _check_datasets(archive, manifest)
+        scores = _check_rescore(archive, root, Path(workdir), summary, manifest)
+    return VerifyReport(archive, count, version, scores)
+
+
+def check_checksums(archive: Path | str, root: Path) -> int:
+    """Every file listed has its checksum; every file is listed. Returns the number of files checked."""
+    sums = root / SUMS
+    if not sums.is_file():
+        raise VerificationError(f"{archive}: {PREFIX}/{SUMS} is missing: not a bfcl-ext bundle, or damaged")
+    listed: dict[str, str] = {}
+    for number, line in enumerate(sums.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest) or _name_problem(name):
+            raise VerificationError(f"{archive}: {PREFIX}/{SUMS} line {number} is malformed: {line[:120]!r}")
+        if name in listed:
+            raise VerificationError(f"{archive}: {PREFIX}/{SUMS} lists {name!r} twice")
+        listed[name] = digest
+    for name, digest in listed.items():
+        path = root.joinpath(*name.split("/"))
+        if not path.is_file():
+            raise VerificationError(f"{archive}: {PREFIX}/{name} is listed in {SUMS} but missing from the bundle")
+        found = _sha256(path)
+        if found != digest:
+            raise VerificationError(f"{archive}: {PREFIX}/{name} does not match its checksum ({SUMS}: "
+                                    f"{digest[:16]}..., file: {found[:16]}...): it was changed after bundling")
+    present = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    for name in present:
+        if name != SUMS and name not in listed:
+            raise VerificationError(f"{archive}: {PREFIX}/{name} is in the bundle but not in {SUMS}")
+    for name in TOP_FILES:
+        if name not in listed:
+            raise VerificationError(f"{archive}: {PREFIX}/{name} is missing from the bundle")
+    return len(listed)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load(archive: Path, root: Path, name: str) -> dict[str, Any]:
+    try:
+        payload = json.loads((root / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise VerificationError(f"{archive}: {PREFIX}/{name} cannot be read as JSON ({error})") from None
+    if not isinstance(payload, dict):
+        raise VerificationError(f"{archive}: {PREFIX}/{name} is not a JSON object")
+    return payload
+
+
+def _check_bfcl_eval(archive: Path, manifest: Mapping[str, Any]) -> str:
+    from bfcl_ext import bridge
+
+    recorded = manifest.get("bfcl_eval")
+    installed = bridge.installed_version()
+    if not recorded:
+        raise VerificationError(f"{archive}: manifest.json records no bfcl-eval version")
+    if installed != recorded:
+        have = f"bfcl-eval {installed} is installed" if installed else "bfcl-eval is not installed"
+        raise VerificationError(
+            f"{archive}: scored with bfcl-eval {recorded}, but {have}; verify it where bfcl-eval=={recorded} is "
+            f"installed (pip install --no-deps bfcl-eval=={recorded})"
+        )
+    return str(recorded)
+
+
+def _check_datasets(archive: Path, manifest: Mapping[str, Any]) -> None:
+    """The installed prompts and ground truth are the ones the run was scored against."""
+    from bfcl_ext import bridge
+
+    recorded = manifest.get("categories") or {}
+    if not isinstance(recorded, dict):
+        raise VerificationError(f"{archive}: manifest.json 'categories' is not an object")
+    for category, hashes in recorded.items():
+        installed = bridge.dataset_hashes([category])[category]
+        for kind in ("dataset", "ground_truth"):
+            want = (hashes or {}).get(kind)
+            have = installed.get(kind)
+            if want != have:
+                raise VerificationError(
+                    f"{archive}: the installed bfcl-eval {kind.replace('_', ' ')} of category {category!r} is not "
+                    f"the one the run was scored against (sha256 {str(want)[:16]}..., installed {str(have)[:16]}...)"
+                )
+
+
+def _check_rescore(
+    archive: Path, root: Path, workdir: Path, summary: Mapping[str, Any], manifest: Mapping[str, Any]
+) -> dict[str, tuple[float, int, int]]:
+    from bfcl_ext import bridge
+
+    model_facts = manifest.get("model") or {}
+    model = model_facts.get("name") or summary.get("model")
+    served = model_facts.get("served_as") or summary.get("served_model_name") or model
+    if not model:
+        raise VerificationError(f"{archive}: neither manifest.json nor summary.json names the model")
+    recorded = summary.get("categories") or {}
+    scored = [c for c, v in recorded.items() if isinstance(v, dict) and v.get("accuracy") is not None]
+    categories = _ordered_categories([*scored, *_categories_with_score_files(root)])
+    if not categories:
+        return {}  # nothing was scored: the checksums were the whole story
+    rescored_dir = workdir / "rescored"
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # the evaluator's progress lines; stdout is the verdict
+            scores = bridge.rescore(str(model), str(served), root / "result", rescored_dir, categories,
+                                    partial=bool(summary.get("partial")))
+    except BfclExtError as error:
+        raise VerificationError(f"{archive}: cannot re-score the bundled answers: {error}") from None
+    except Exception as error:  # noqa: BLE001 - the checker choking on the bundle is a verdict, not a crash
+        raise VerificationError(f"{archive}: re-scoring the bundled answers failed "
+                                f"({type(error).__name__}: {error})") from None
+    for category in scored:
+        want = recorded[category]
+        got = scores.get(category)
+        if got is None:
+            raise VerificationError(f"{archive}: category {category!r}: summary.json records "
+                                    f"{_score_text(want)}, but the bundle has no answers to re-score it")
+        if (want.get("accuracy"), want.get("correct"), want.get("total")) != (got.accuracy, got.correct, got.total):
+            raise VerificationError(
+                f"{archive}: category {category!r}: summary.json records {_score_text(want)}, re-scoring the "
+                f"bundled answers gives {_score_text(vars(got))}"
+            )
+    _check_overall(archive, summary, scores, scored)
+    _compare_score_files(archive, root / "score", rescored_dir)
+    return {c: (s.accuracy, s.correct, s.total) for c, s in scores.items()}
+
+
+def _ordered_categories(names: Sequence[str]) -> list[str]:
+    from bfcl_ext import bridge
+
+    order = {c: i for i, c in enumerate(bridge.expand_categories(["all"]))}
+    return sorted(set(names), key=lambda c: (order.get(c, len(order)), c))
+
+
+def _categories_with_score_files(root: Path) -> list[str]:
+    """Categories BFCL wrote a score file for (an earlier run into the same folder may have added some)."""
+    from bfcl_ext import bridge
+
+    known = bridge.expand_categories(["all"])
+    found = []
+    for path in (root / "score").rglob("*_score.json"):
+        matches = [c for c in known if path.name.endswith(f"_{c}_score.json")]
+        if matches:
+            found.append(max(matches, key=len))  # 'live_multiple' rather than 'multiple'
+    return found
+
+
+def _score_text(score: Mapping[str, Any]) -> str:
+    accuracy = score.get("accuracy")
+    shown = f"{accuracy:.2%}" if isinstance(accuracy, (int, float)) else repr(accuracy)
+    return f"{shown} ({score.get('correct')}/{score.get('total')})"
+
+
+def _check_overall(archive: Path, summary: Mapping[str, Any], scores: Mapping[str, Any], scored: list[str]) -> None:
+    overall = summary.get("overall") or {}
+    correct = sum(scores[c].correct for c in scored)
+    total = sum(scores[c].total for c in scored)
+    accuracy = correct / total if total else None
+    if (overall.get("correct"), overall.get("total"), overall.get("accuracy")) != (correct, total, accuracy):
+        raise VerificationError(
+            f"{archive}: summary.json overall records {_score_text(overall)}, the re-scored categories add up to "
+            f"{_score_text({'accuracy': accuracy, 'correct': correct, 'total': total})}"
+        )
+
+
+def _compare_score_files(archive: Path, recorded_dir: Path, rescored_dir: Path) -> None:
+    """Every score file and leaderboard row BFCL wrote during the run is what it writes now."""
+    models = sorted(p.name for p in rescored_dir.iterdir() if p.is_dir()) if rescored_dir.is_dir() else []
+    made = sorted(p.relative_to(rescored_dir).as_posix() for m in models
+                  for p in (rescored_dir / m).rglob("*_score.json"))
+    kept = sorted(p.relative_to(recorded_dir).as_posix() for m in models
+                  for p in (recorded_dir / m).rglob("*_score.json")) if recorded_dir.is_dir() else []
+    for name in made:
+        recorded = recorded_dir / name
+        if not recorded.is_file():
+            raise VerificationError(f"{archive}: score/{name} is missing: re-scoring the bundled answers writes it")
+        difference = _score_file_difference(recorded, rescored_dir / name)
+        if difference:
+            raise VerificationError(f"{archive}: score/{name}: {difference}")
+    for name in kept:
+        if name not in made:
+            raise VerificationError(f"{archive}: score/{name} is not produced again from the bundled answers")
+    for csv_path in sorted(rescored_dir.glob("data_*.csv")):
+        difference = _csv_difference(recorded_dir / csv_path.name, csv_path)
+        if difference:
+            raise VerificationError(f"{archive}: score/{csv_path.name}: {difference}")
+
+
+def _score_file_difference(recorded: Path, rescored: Path) -> str | None:
+    want = _json_lines(recorded)
+    got = _json_lines(rescored)
+    if want is None:
+        return "not valid JSON lines"
+    if want[:1] != got[:1]:
+        header_want = want[0] if want and isinstance(want[0], dict) else {}
+        header_got = got[0] if got and isinstance(got[0], dict) else {}
+        return (f"records {_score_text(_header(header_want))}, re-scoring the bundled answers gives "
+                f"{_score_text(_header(header_got))}")
+    for index in range(1, max(len(want), len(got))):
+        a = want[index] if index < len(want) else None
+        b = got[index] if index < len(got) else None
+        if a != b:
+            entry = (a or b or {}).get("id") if isinstance(a or b, dict) else None
+            return f"the checker's verdict on entry {entry!r} differs from the re-scored one (line {index + 1})"
+    return None
+
+
+def _header(header: Mapping[str, Any]) -> dict[str, Any]:
+    return {"accuracy": header.get("accuracy"), "correct": header.get("correct_count"),
+            "total": header.get("total_count")}
+
+
+def _json_lines(path: Path) -> list[Any] | None:
+    try:
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return None
+
+
+def _csv_difference(recorded: Path, rescored: Path) -> str | None:
+    """The re-scored rows (this model's) must be in the recorded file, equal but for the rank."""
+    if not recorded.is_file():
+        return "missing: re-scoring the bundled answers writes it"
+    want = {row.get("Model"): row for row in parse_csv(recorded.read_text(encoding="utf-8", errors="replace"))}
+    for row in parse_csv(rescored.read_text(encoding="utf-8")):
+        model = row.get("Model")
+        if model not in want:
+            return f"has no row for model {model!r}"
+        for column, value in row.items():
+            if column != "Rank" and want[model].get(column) != value:
+                return (f"column {column!r} of model {model!r} records {want[model].get(column)!r}, re-scoring "
+                        f"gives {value!r}")
+    return None
+
+
+# ---------------------------------------------------------------- commands
+
+
+def bundle_command(output_dir: Path, archive: Path) -> int:
+    report = bundle(output_dir, archive)
+    for warning in report.warnings:
+        print(f"bfcl-ext: warning: {warning}", file=sys.stderr)
+    print(f"wrote {report.archive} ({report.files} files, {report.size} bytes, checksums in {PREFIX}/{SUMS})")
+    if report.leaderboard:
+        print(f"leaderboard row (BFCL's data_overall.csv format): {report.leaderboard}")
+    print(f"check it with: bfcl-ext verify {report.archive}")
+    return 0
+
+
+def verify_command(archive: Path) -> int:
+    report = verify(archive)
+    scores = ", ".join(f"{c} {a:.2%} ({n}/{t})" for c, (a, n, t) in report.scores.items()) or "none"
+    print(f"verified {report.archive}: {report.files} checksums match, bfcl-eval {report.bfcl_eval}, "
+          f"re-scored categories equal the recorded scores: {scores}")
+    return 0
