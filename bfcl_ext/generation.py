@@ -83,7 +83,7 @@ def generate(
     for attempt in range(passes + 1):
         if attempt:
             report.entries_retried += len(remaining)
-            _pause(min(2.0**attempt, 30.0), stop)
+            stop.wait(min(2.0**attempt, 30.0))  # backoff between passes; a stop request ends it
         report.passes += 1
         remaining = _one_pass(session, remaining, threads, gate, stop, progress, report)
         if not remaining or stop.is_set() or gate.abandoned_reason:
@@ -93,10 +93,6 @@ def generate(
     report.abandoned_reason = gate.abandoned_reason
     report.stopped = stop.is_set()
     return report
-
-
-def _pause(seconds: float, stop: threading.Event) -> None:
-    stop.wait(seconds)
 
 
 def _one_pass(
