@@ -591,6 +591,8 @@ def evaluate(session: Session, categories: Sequence[str], partial: bool) -> dict
         )
         scores[category] = _read_score(session, category)
     update_leaderboard_table_with_local_score_file(table, session.score_dir)
+    # an output folder reused for another model holds its scores too: the row is this model's
+    table = {name: row for name, row in table.items() if name == session.model_dir}
     try:
         generate_leaderboard_csv(table, session.score_dir)
     except (ValueError, ZeroDivisionError, KeyError) as error:  # statistics.stdev needs two latencies

@@ -1,0 +1,288 @@
+# shellcheck shell=bash
+# Functions shared by the job scripts in slurm/ (sourced, never run). Needs bash 4.3+, coreutils,
+# curl; python3 when present (exact shell-style word splitting and port probing; without it,
+# plain whitespace splitting and a connect() probe).
+#
+# The endpoint file (KEY=VALUE lines, sourceable by sh/bash, values never quoted; the same facts
+# in endpoint.json next to it) is written by the server job once the server is ready, tmp file then
+# rename in the same folder, so a reader sees either no file or a whole one; its last line is
+# BFCL_EXT_ENDPOINT_COMPLETE=1. The server job removes it when it ends.
+
+# shellcheck disable=SC2034  # used by the scripts that source this file
+BFCL_EXT_ENDPOINT_VERSION=1
+SLURM_PORT_BASE=20000 # ports 20000-39999, as bfcl_ext/server.py choose_port
+SLURM_PORT_SPAN=20000
+# Characters an endpoint value may hold: host names, IPv4/IPv6 addresses, URLs, paths, job ids.
+ENDPOINT_VALUE_RE='^[][A-Za-z0-9._:/@%+,~=-]*$'
+
+log() { printf '%s %s: %s\n' "$(date '+%Y-%m-%dT%H:%M:%S.%3N')" "${PROG:-bfcl-slurm}" "$*" >&2; }
+
+# fail CODE MESSAGE: one plain line on stderr, then exit CODE.
+fail() {
+    local code=$1
+    shift
+    log "ERROR: $*"
+    exit "$code"
+}
+
+# Source the site settings file and load its modules. BFCL_EXT_SITE_ENV names the file (default
+# slurm/site.env next to this library); a missing default file is not an error.
+load_site() {
+    local site=${BFCL_EXT_SITE_ENV:-$BFCL_EXT_SLURM_DIR/site.env}
+    if [ -f "$site" ]; then
+        # shellcheck source=/dev/null
+        source "$site"
+    elif [ -n "${BFCL_EXT_SITE_ENV:-}" ]; then
+        fail 2 "BFCL_EXT_SITE_ENV=$site: file not found"
+    fi
+    if [ -n "${SITE_MODULES:-}" ]; then
+        if ! type module >/dev/null 2>&1; then
+            local init
+            for init in /etc/profile.d/lmod.sh /etc/profile.d/modules.sh /usr/share/lmod/lmod/init/bash; do
+                if [ -f "$init" ]; then
+                    set +u
+                    # shellcheck disable=SC1090
+                    source "$init"
+                    set -u
+                    break
+                fi
+            done
+        fi
+        type module >/dev/null 2>&1 || fail 2 "SITE_MODULES='$SITE_MODULES' but this node has no \`module\` command"
+        local modules
+        read -r -a modules <<<"$SITE_MODULES"
+        set +u
+        module load "${modules[@]}" || fail 2 "module load ${modules[*]} failed (SITE_MODULES in $site)"
+        set -u
+    fi
+}
+
+# split_words ARRAY_NAME LABEL TEXT: TEXT's words into the array (shell quoting honoured, nothing
+# expanded or evaluated); exit 2 naming LABEL when the quotes do not balance.
+split_words() {
+    local -n _words=$1
+    local label=$2 text=$3
+    _words=()
+    if command -v python3 >/dev/null 2>&1; then
+        local split='import shlex, sys
+sys.stdout.write("".join(w + "\0" for w in shlex.split(sys.argv[1])))'
+        python3 -c "$split" "$text" >/dev/null 2>&1 || fail 2 "$label cannot be split into words (unbalanced quotes?): $text"
+        mapfile -d '' -t _words < <(python3 -c "$split" "$text")
+    else
+        read -r -a _words <<<"$text"
+    fi
+}
+
+# is_port_free HOST PORT: nobody listens there (bind test with python3; else a connect test).
+is_port_free() {
+    if command -v python3 >/dev/null 2>&1; then
+        python3 - "$1" "$2" <<'PY'
+import errno, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+with socket.socket(family, socket.SOCK_STREAM) as probe:
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind((host, port))
+    except OSError as error:
+        sys.exit(1 if error.errno in (errno.EADDRINUSE, errno.EACCES) else 2)
+PY
+    else
+        ! (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null
+    fi
+}
+
+# choose_port BIND WANTED JOB_ID: WANTED if given and free; else the first free port from
+# 20000 + JOB_ID % 20000 upward (a requeued job gets the same one when it is free).
+choose_port() {
+    local bind=$1 wanted=$2 job=$3 start offset candidate
+    if [ -n "$wanted" ] && is_port_free "$bind" "$wanted"; then
+        printf '%s\n' "$wanted"
+        return
+    fi
+    case $job in '' | *[!0-9]*) job=$(($$ + RANDOM)) ;; esac
+    start=$((job % SLURM_PORT_SPAN))
+    for ((offset = 0; offset < 200; offset++)); do
+        candidate=$((SLURM_PORT_BASE + (start + offset) % SLURM_PORT_SPAN))
+        if is_port_free "$bind" "$candidate"; then
+            printf '%s\n' "$candidate"
+            return
+        fi
+    done
+    return 1
+}
+
+# curl_api ARGS...: curl with the bearer key from VLLM_API_KEY (read from stdin, never in argv)
+# and no proxy (the server is inside the cluster).
+curl_api() {
+    if [ -n "${VLLM_API_KEY:-}" ]; then
+        printf 'header = "Authorization: Bearer %s"\n' "$VLLM_API_KEY" | curl --config - --noproxy '*' "$@"
+    else
+        curl --noproxy '*' "$@"
+    fi
+}
+
+# probe_ready BASE_URL NAME: 0 when GET /health answers 200 and GET BASE_URL/models lists NAME.
+# Otherwise 1 (not yet) or 2 (up, but NAME is not listed), and PROBE_DETAIL says what was seen.
+probe_ready() {
+    local base=${1%/} name=$2 root code models ids
+    root=${base%/v1}
+    PROBE_DETAIL=
+    code=$(curl -sS --noproxy '*' -o /dev/null -w '%{http_code}' --max-time 5 "$root/health" 2>&1) || true
+    if [ "$code" != 200 ]; then
+        PROBE_DETAIL="GET $root/health: ${code:-no answer}"
+        [ "$code" = 000 ] && PROBE_DETAIL="GET $root/health: no answer (connection refused or timed out)"
+        return 1
+    fi
+    if ! models=$(curl_api -sS --fail-with-body --max-time 10 "$base/models" 2>&1); then
+        PROBE_DETAIL="GET $base/models failed: $(printf '%s' "$models" | tr '\n' ' ' | cut -c1-300)"
+        return 1
+    fi
+    # The ids of data[] (vLLM's permission objects have ids too: "modelperm-...").
+    if command -v python3 >/dev/null 2>&1; then
+        ids=$(python3 -c 'import json, sys
+try:
+    print("\n".join(str(m.get("id")) for m in json.load(sys.stdin).get("data", [])))
+except Exception:
+    pass' <<<"$models")
+    else
+        ids=$(printf '%s' "$models" | tr -d ' \t\r\n' | grep -o '"id":"[^"]*"' | sed 's/^"id":"//; s/"$//' | grep -v '^modelperm-' || true)
+    fi
+    if grep -qxF -- "$name" <<<"$ids"; then
+        return 0
+    fi
+    ids=$(paste -sd, - <<<"$ids")
+    # shellcheck disable=SC2034  # read by the caller
+    PROBE_DETAIL="the server lists ${ids:-no model}, not '$name'"
+    return 2
+}
+
+# job_state JOB_ID: PENDING, RUNNING, ... while SLURM knows the job as queued or running;
+# ENDED once it left the queue; UNKNOWN when squeue cannot say (no SLURM, controller down).
+job_state() {
+    local out
+    if [ -z "$1" ] || ! command -v squeue >/dev/null 2>&1; then
+        echo UNKNOWN
+        return
+    fi
+    if out=$(squeue -h -j "$1" -o %T 2>&1); then
+        out=$(head -n 1 <<<"$out")
+        echo "${out:-ENDED}"
+    elif grep -q 'Invalid job id' <<<"$out"; then
+        echo ENDED
+    else
+        echo UNKNOWN
+    fi
+}
+
+# signal_for_batch_only: 0 when a signal this script just received was meant for the batch shell
+# alone (a `--signal=B:...` time-limit warning, `scancel --batch`, or a parent script passing it
+# on): the job still RUNNING. When the job is being cancelled, has timed out or is preempted,
+# SLURM signals every process of the job, bfcl-ext included, and passing the signal on would
+# deliver it twice (bfcl-ext takes a second SIGTERM as "stop now").
+signal_for_batch_only() {
+    [ -z "${SLURM_JOB_ID:-}" ] && return 0
+    local state
+    state=$(job_state "$SLURM_JOB_ID")
+    [ "$state" = RUNNING ] || [ "$state" = UNKNOWN ]
+}
+
+# job_is_live STATE: the state of a job that has not ended (yet).
+job_is_live() {
+    case $1 in
+        PENDING | CONFIGURING | RUNNING | COMPLETING | SUSPENDED | REQUEUED | REQUEUE_HOLD | RESIZING | SIGNALING | STAGE_OUT | UNKNOWN) return 0 ;;
+        *) return 1 ;;
+    esac
+}
+
+# write_kv_file FILE KEY=VALUE...: KEY=VALUE lines (plus endpoint.json-style JSON when FILE ends
+# in .env: FILE with .json), each written to a temporary file in the same folder then renamed.
+write_kv_file() {
+    local file=$1 dir tmp pair json
+    shift
+    dir=$(dirname "$file")
+    mkdir -p "$dir"
+    for pair in "$@"; do
+        [[ $pair == [A-Z_]*=* ]] || fail 1 "internal: bad pair '$pair'"
+        [[ ${pair#*=} =~ $ENDPOINT_VALUE_RE ]] || fail 2 "value not allowed in $file: '$pair'"
+    done
+    if [[ $file == *.env ]]; then
+        json=${file%.env}.json
+        tmp=$(mktemp "$dir/.${json##*/}.XXXXXX")
+        {
+            printf '{'
+            local first=1
+            for pair in "$@"; do
+                [ "$first" = 1 ] || printf ', '
+                first=0
+                printf '"%s": "%s"' "${pair%%=*}" "${pair#*=}"
+            done
+            printf '}\n'
+        } >"$tmp"
+        chmod 0644 "$tmp"
+        mv -f "$tmp" "$json"
+    fi
+    tmp=$(mktemp "$dir/.${file##*/}.XXXXXX")
+    {
+        printf '# written by bfcl-ext slurm/ job scripts; KEY=VALUE, sourceable\n'
+        printf '%s\n' "$@"
+        printf 'BFCL_EXT_ENDPOINT_COMPLETE=1\n'
+    } >"$tmp"
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$file"
+}
+
+# read_kv_file FILE ARRAY_NAME: the file's KEY=VALUE lines into the associative array; status 0
+# only for a whole file (its BFCL_EXT_ENDPOINT_COMPLETE=1 line read). Nothing is evaluated.
+read_kv_file() {
+    local -n _kv=$2
+    local key value
+    _kv=()
+    [ -f "$1" ] || return 1
+    {
+        while IFS='=' read -r key value; do
+            case $key in '' | '#'*) continue ;; esac
+            [[ $key =~ ^[A-Z_][A-Z0-9_]*$ ]] || continue
+            _kv["$key"]=$value
+        done <"$1"
+    } 2>/dev/null || return 1
+    [ "${_kv[BFCL_EXT_ENDPOINT_COMPLETE]:-}" = 1 ]
+}
+
+# remove_if_owned FILE JOB_ID: remove FILE (and its .json) only if it names JOB_ID as server job.
+remove_if_owned() {
+    local -A _owned=()
+    if read_kv_file "$1" _owned && [ "${_owned[SERVER_JOB_ID]:-}" = "$2" ]; then
+        rm -f "$1" "${1%.env}.json"
+    fi
+}
+
+# show_log_tail FILE [LINES]: the last lines of a log, indented, for an error report.
+show_log_tail() {
+    local file=$1 lines=${2:-40}
+    if [ -n "$file" ] && [ -r "$file" ]; then
+        printf '%s\n' "---- last $lines lines of $file ----" >&2
+        tail -n "$lines" "$file" | sed 's/^/    | /' >&2
+        printf '%s\n' "---- end of $file ----" >&2
+    else
+        printf '%s\n' "(no server log at ${file:-an unknown path})" >&2
+    fi
+}
+
+# absolute PATH: PATH made absolute (the folder need not exist).
+absolute() {
+    case $1 in
+        /*) printf '%s\n' "$1" ;;
+        *) printf '%s/%s\n' "$PWD" "${1#./}" ;;
+    esac
+}
+
+# The folders and files of one evaluation, all under the output folder.
+set_paths() {
+    OUTPUT_DIR=$(absolute "${BFCL_EXT_OUTPUT_DIR:-bfcl-results}")
+    SLURM_OUT=$OUTPUT_DIR/slurm
+    ENDPOINT_FILE=$(absolute "${BFCL_EXT_ENDPOINT_FILE:-$SLURM_OUT/endpoint.env}")
+    STATUS_FILE=${ENDPOINT_FILE%.env}
+    STATUS_FILE=${STATUS_FILE%/*}/server-status.env
+    mkdir -p "$SLURM_OUT" "${ENDPOINT_FILE%/*}"
+}

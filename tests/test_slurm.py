@@ -1,0 +1,451 @@
+"""slurm/: the job scripts on a real SLURM cluster (scripts/ci/setup-slurm.sh), with the oracle stand-in
+as the server and the venv's bfcl-ext as the runner.
+
+The cluster is started once per session (about 2 s; apt-get install the first time) and stopped at
+the end. If SLURM cannot be installed or started, these tests fail: they never skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.slurm_cluster import (
+    REPO_ROOT,
+    SETUP_SCRIPT,
+    SLURM_DIR,
+    FirstRequestWatch,
+    SlurmCluster,
+    assert_server_gone,
+    job_logs,
+    read_kv,
+    standin_command,
+    start_cluster,
+    stop_cluster,
+    summary,
+)
+
+pytestmark = pytest.mark.slurm
+SCRIPTS = sorted([*SLURM_DIR.glob("*.sbatch"), SLURM_DIR / "submit.sh", SLURM_DIR / "lib.sh", SLURM_DIR / "site.env",
+                  SETUP_SCRIPT])
+TIMINGS: dict[str, dict[str, float | None]] = {}
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
+    started = time.monotonic()
+    cluster = start_cluster(tmp_path_factory.mktemp("slurm-state"))
+    TIMINGS["cluster"] = {"setup_s": round(time.monotonic() - started, 2)}
+    yield cluster
+    cluster.cancel_leftovers()
+    stopped = stop_cluster(cluster)
+    assert stopped.returncode == 0, stopped.stderr
+    if TIMINGS:
+        print("\nSLURM timings:", TIMINGS, file=sys.stderr)
+
+
+@pytest.fixture
+def cluster(slurm_cluster: SlurmCluster) -> Iterator[SlurmCluster]:
+    yield slurm_cluster
+    slurm_cluster.cancel_leftovers()  # whatever a failing test left queued or running
+
+
+def _shellcheck() -> str:
+    found = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
+    assert Path(found).exists(), "shellcheck is not installed: run scripts/install.sh --test"
+    return found
+
+
+# -- static and local checks (no cluster)
+
+
+def test_scripts_are_shellcheck_clean() -> None:
+    done = subprocess.run([_shellcheck(), *map(str, SCRIPTS)], capture_output=True, text=True, check=False,
+                          cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_scripts_use_strict_mode() -> None:
+    for script in SCRIPTS:
+        if script.name in ("lib.sh", "site.env"):  # sourced: the sourcing script sets it
+            continue
+        assert "set -euo pipefail" in script.read_text(), script
+        assert os.access(script, os.X_OK), f"{script} is not executable"
+
+
+def test_endpoint_file_is_never_seen_half_written(tmp_path: Path) -> None:
+    """A reader polling in a tight loop while the file is rewritten 100 times (20 kB each, many
+    write() calls) sees either no file (only before the first write) or a whole, consistent one.
+    The same reader against a plain `>` writer catches torn files: the check has teeth."""
+
+    def hammer(atomic: bool) -> dict[str, int]:
+        target = tmp_path / f"{'atomic' if atomic else 'plain'}" / "endpoint.env"
+        target.parent.mkdir()
+        writer = r"""
+            source "$LIB"
+            pad=$(printf 'x%.0s' $(seq 1 20000))
+            for i in $(seq 1 100); do
+                port=$((20000 + i))
+                if [ "$ATOMIC" = 1 ]; then
+                    write_kv_file "$F" "SERVER_JOB_ID=$i" "PADDING=$pad" "SERVER_PORT=$port" "VLLM_BASE_URL=http://h:$port/v1"
+                else
+                    { printf 'SERVER_JOB_ID=%s\nPADDING=%s\n' "$i" "$pad"; printf 'SERVER_PORT=%s\n' "$port"
+                      printf 'VLLM_BASE_URL=http://h:%s/v1\nBFCL_EXT_ENDPOINT_COMPLETE=1\n' "$port"; } >"$F"
+                fi
+            done
+        """
+        counts = {"whole": 0, "torn": 0, "absent_after_first": 0, "versions": 0}
+        seen: set[str] = set()
+        stop = threading.Event()
+
+        def reader() -> None:
+            while not stop.is_set():
+                try:
+                    text = target.read_text()
+                except FileNotFoundError:
+                    if seen:
+                        counts["absent_after_first"] += 1
+                    continue
+                facts = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#")
+                job = facts.get("SERVER_JOB_ID", "")
+                whole = (facts.get("BFCL_EXT_ENDPOINT_COMPLETE") == "1" and job.isdigit()
+                         and facts.get("SERVER_PORT") == str(20000 + int(job))
+                         and facts.get("VLLM_BASE_URL") == f"http://h:{20000 + int(job)}/v1"
+                         and len(facts.get("PADDING", "")) == 20000)
+                counts["whole" if whole else "torn"] += 1
+                seen.add(job)
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+        try:
+            subprocess.run(["bash", "-c", writer], check=True, timeout=120,
+                           env={**os.environ, "LIB": str(SLURM_DIR / "lib.sh"), "F": str(target),
+                                "ATOMIC": "1" if atomic else "0"})
+        finally:
+            stop.set()
+            thread.join()
+        counts["versions"] = len(seen)
+        if atomic:  # the JSON twin is whole too
+            assert json.loads((target.parent / "endpoint.json").read_text())["SERVER_PORT"] == "20100"
+            assert not [p for p in target.parent.iterdir() if p.name.startswith(".")], "temporary files left"
+        return counts
+
+    atomic = hammer(atomic=True)
+    assert atomic["torn"] == 0 and atomic["absent_after_first"] == 0, atomic
+    assert atomic["whole"] > 100 and atomic["versions"] > 10, atomic
+    plain = hammer(atomic=False)
+    assert plain["torn"] > 0, f"the reader never caught a plain writer mid-write: {plain}"
+
+
+def test_submit_dry_run_shows_site_and_user_settings(tmp_path: Path) -> None:
+    site = tmp_path / "site.env"
+    site.write_text((SLURM_DIR / "site.env").read_text().replace("SITE_PARTITION=${SITE_PARTITION:-}",
+                                                                 "SITE_PARTITION=${SITE_PARTITION:-gpu}"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BFCL_EXT_", "SITE_", "SERVE_", "VLLM_"))}
+    args = [str(SLURM_DIR / "submit.sh"), "--site", str(site), "--model", "Qwen/Qwen3-8B", "--model-path",
+            "/models/qwen3-8b", "--categories", "simple_python,multiple", "--account", "proj42", "--gpus", "2",
+            "--time", "02:00:00", "--runner-partition", "cpu", "--output", str(tmp_path / "out"), "--dry-run"]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    sbatch_lines = [line for line in done.stderr.splitlines() if "would run: sbatch" in line]
+    server, runner = sbatch_lines
+    assert "--partition=gpu" in server and "--gres=gpu:2" in server and "--account=proj42" in server
+    assert "--time=02:00:00" in server and server.endswith("slurm/server.sbatch ")
+    assert "--partition=cpu" in runner and "gres" not in runner and "--dependency=after:" in runner
+    assert "--signal=B:TERM@120" in runner and "CANCEL_SERVER=1" in runner
+    assert f"results:        {tmp_path / 'out'}" in done.stdout
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+
+    het = subprocess.run([*args, "--mode", "hetjob"], capture_output=True, text=True, env=env, check=False)
+    (line,) = [x for x in het.stderr.splitlines() if "would run" in x]
+    component0, component1 = line.split(" : ")
+    assert "--gres=gpu:2" in component0 and "--signal=B:TERM@120" in component0
+    assert "gres" not in component1 and component1.endswith("slurm/hetjob.sbatch ")
+
+    bad = subprocess.run([*args[:-1], "--mode", "both"], capture_output=True, text=True, env=env, check=False)
+    assert bad.returncode == 2 and "--mode must be" in bad.stderr
+
+
+# -- flows on the cluster
+
+
+def _check_complete(output: Path, total: int = 400) -> None:
+    facts = summary(output)
+    assert facts["status"] == "complete", job_logs(output)
+    assert facts["categories"]["simple_python"]["accuracy"] == 1.0
+    assert facts["entries"]["answered"] == total
+
+
+def test_two_job_flow(cluster: SlurmCluster, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with FirstRequestWatch(output) as watch:
+        ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output))
+        runner = cluster.wait(ids["runner"])
+        ended = time.monotonic() - watch.started
+    TIMINGS["two_job"] = {**watch.timings(), "submit_to_runner_end_s": round(ended, 2)}
+    assert runner.exit_code == 0, job_logs(output)
+    assert cluster.wait(ids["server"]).state == "CANCELLED"  # by the runner: CANCEL_SERVER=1
+    _check_complete(output)
+    assert_server_gone(output)
+    logs = job_logs(output)
+    assert f"cancelling the server job {ids['server']}" in logs
+    assert (output / "slurm" / f"server-{ids['server']}.log").exists()
+
+
+def test_two_job_flow_without_dependency(cluster: SlurmCluster, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "50",
+                         "--no-dependency")
+    assert cluster.wait(ids["runner"]).exit_code == 0, job_logs(output)
+    cluster.wait(ids["server"])
+    _check_complete(output, total=50)
+    assert_server_gone(output)
+
+
+def test_hetjob_flow(cluster: SlurmCluster, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    with FirstRequestWatch(output) as watch:
+        ids = cluster.submit("--mode", "hetjob", "--model", "m", "--categories", "simple_python", "--output",
+                             str(output))
+        job = cluster.wait(ids["het"])
+    TIMINGS["hetjob"] = watch.timings()
+    assert job.exit_code == 0, job_logs(output)
+    _check_complete(output)
+    assert_server_gone(output)
+    logs = job_logs(output)
+    assert "server in component 0 (n" in logs  # the server ran as a step of component 0
+    assert re.search(rf"bfcl-server: job {ids['het']} \(step {ids['het']}\.\d\)", logs), logs
+
+
+@pytest.mark.parametrize("mode", ["pair", "managed"])
+def test_single_job_flow(cluster: SlurmCluster, tmp_path: Path, mode: str) -> None:
+    output = tmp_path / "out"
+    with FirstRequestWatch(output) as watch:
+        ids = cluster.submit("--mode", "single", "--single-mode", mode, "--model", "m", "--categories",
+                             "simple_python", "--output", str(output))
+        job = cluster.wait(ids["single"])
+    assert job.exit_code == 0, job_logs(output)
+    _check_complete(output)
+    if mode == "pair":
+        TIMINGS["single_pair"] = watch.timings()
+        assert_server_gone(output)
+    else:  # bfcl-ext started and stopped the server itself
+        assert summary(output)["mode"] == "managed"
+        assert (output / "logs" / "vllm-server.log").exists()
+        assert not (output / "slurm" / "endpoint.env").exists()
+        assert not [p for p in Path("/proc").glob("[0-9]*") if _cmdline_has(p, "vllm-shim.py")]
+
+
+def _cmdline_has(proc: Path, word: str) -> bool:
+    try:
+        return word in (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def _wait_answers(output: Path, at_least: int, timeout: float = 90) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = list((output / "result").rglob("*simple_python*.json")) if (output / "result").exists() else []
+        count = sum(len(f.read_text().splitlines()) for f in files)
+        if count >= at_least:
+            return count
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {at_least} answers after {timeout}s:\n{job_logs(output)}")
+
+
+def test_server_cancelled_mid_run_then_resubmitted(cluster: SlurmCluster, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "0.5"),
+                            "BFCL_EXT_NUM_THREADS": "4", "BFCL_EXT_RECOVERY_TIMEOUT": "5"})
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "100",
+                         env=slow)
+    _wait_answers(output, 20)
+    cluster.run(["scancel", ids["server"]])
+    runner = cluster.wait(ids["runner"])
+    assert runner.exit_code in (3, 4), job_logs(output)  # documented: entries left, or server not ready
+    facts = summary(output)
+    kept = facts["entries"]["answered"]
+    assert facts["status"] != "complete" and 20 <= kept < 100, facts
+    assert "results so far are kept" in job_logs(output)
+    cluster.wait(ids["server"])
+    assert_server_gone(output)
+
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "100")
+    assert cluster.wait(ids["runner"]).exit_code == 0, job_logs(output)
+    _check_complete(output, total=100)
+    assert summary(output)["entries"]["answered_this_run"] == 100 - kept  # resumed, nothing asked twice
+    cluster.wait(ids["server"])
+    assert_server_gone(output)
+
+
+def test_time_limit_signal_stops_runner_cleanly(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """`scancel --batch --signal=TERM` is what `--signal=B:TERM@lead` does before the time limit:
+    SIGTERM to the batch shell only. The runner passes it to bfcl-ext, which keeps its results."""
+    output = tmp_path / "out"
+    slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "0.5"),
+                            "BFCL_EXT_NUM_THREADS": "4"})
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "100",
+                         env=slow)
+    _wait_answers(output, 20)
+    cluster.run(["scancel", "--batch", "--signal=TERM", ids["runner"]])
+    runner = cluster.wait(ids["runner"])
+    assert runner.exit_code == 143, job_logs(output)
+    facts = summary(output)
+    assert facts["status"] == "interrupted", facts
+    assert "passing it to bfcl-ext" in job_logs(output)
+    cluster.wait(ids["server"])
+    assert_server_gone(output)
+    kept = facts["entries"]["answered"]
+
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "100")
+    assert cluster.wait(ids["runner"]).exit_code == 0, job_logs(output)
+    _check_complete(output, total=100)
+    assert summary(output)["entries"]["answered_this_run"] == 100 - kept
+    cluster.wait(ids["server"])
+    assert_server_gone(output)
+
+
+@pytest.mark.parametrize("mode", ["hetjob", "single"])
+def test_time_limit_signal_stops_one_job_shapes_cleanly(cluster: SlurmCluster, tmp_path: Path, mode: str) -> None:
+    """The same SIGTERM to the batch shell of a het job (it signals the runner step) and of a single
+    job (it passes the signal to the runner): bfcl-ext stops once, cleanly, and the server stops."""
+    output = tmp_path / "out"
+    slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "0.5"),
+                            "BFCL_EXT_NUM_THREADS": "4"})
+    ids = cluster.submit("--mode", mode, "--model", "m", "--categories", "simple_python", "--output", str(output),
+                         "--limit", "100", env=slow)
+    (job_id,) = ids.values()
+    _wait_answers(output, 20)
+    cluster.run(["scancel", "--batch", "--signal=TERM", job_id])
+    job = cluster.wait(job_id)
+    assert job.exit_code == 143, job_logs(output)
+    assert summary(output)["status"] == "interrupted"
+    assert job_logs(output).count("bfcl-ext: error: stopped by SIGTERM") == 1
+    assert_server_gone(output)
+
+
+def test_real_time_limit(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """A one-minute runner with --signal=B:TERM@50 gets SIGTERM before its limit and stops cleanly
+    (exit 143, not TIMEOUT), results kept."""
+    output = tmp_path / "out"
+    slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "1"),
+                            "BFCL_EXT_NUM_THREADS": "2"})
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output),
+                         "--runner-time", "1", "--signal-lead", "50", env=slow)
+    runner = cluster.wait(ids["runner"], timeout=150)
+    assert runner.state != "TIMEOUT" and runner.exit_code == 143, job_logs(output)
+    assert "received SIGTERM" in job_logs(output)
+    if (output / "summary.json").exists():  # the signal may come before the first request (up to 60 s early)
+        assert summary(output)["status"] == "interrupted"
+    cluster.wait(ids["server"])
+    assert_server_gone(output)
+
+
+def test_runner_reports_missing_endpoint(cluster: SlurmCluster, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    env = cluster.job_env({"BFCL_EXT_OUTPUT_DIR": str(output), "BFCL_EXT_MODEL": "m",
+                           "BFCL_EXT_TEST_CATEGORY": "simple_python", "BFCL_EXT_ENDPOINT_TIMEOUT": "2",
+                           "BFCL_EXT_SLURM_DIR": str(SLURM_DIR)})
+    output.mkdir()
+    job = cluster.sbatch(f"--output={output}/runner-%j.out", str(SLURM_DIR / "runner.sbatch"), env=env)
+    assert cluster.wait(job).exit_code == 3
+    log = (output / f"runner-{job}.out").read_text()
+    assert f"no endpoint file appeared at {output}/slurm/endpoint.env within 2s" in log
+
+
+def test_runner_reports_failed_server_job_with_log_tail(cluster: SlurmCluster, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    env = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": "/bin/sh -c 'echo CUDA out of memory >&2; exit 7'"})
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), env=env)
+    runner = cluster.wait(ids["runner"])
+    assert runner.exit_code == 3
+    assert cluster.wait(ids["server"]).exit_code == 3
+    log = (output / "slurm" / f"bfcl-runner-{ids['runner']}.out").read_text()
+    assert f"the server job {ids['server']} ended" in log and "without publishing an endpoint" in log
+    assert "| CUDA out of memory" in log  # the server's log tail
+    assert not (output / "slurm" / "endpoint.env").exists()
+
+
+def test_runner_reports_model_not_listed(cluster: SlurmCluster, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    env = cluster.job_env({"SERVE_SERVED_MODEL_NAME": "other-model"})
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), env=env)
+    assert cluster.wait(ids["runner"]).exit_code == 3
+    log = (output / "slurm" / f"bfcl-runner-{ids['runner']}.out").read_text()
+    assert "model 'm' is not listed by the server" in log and "the server lists other-model" in log
+    assert "| standin: serving other-model" in log
+    assert cluster.wait(ids["server"]).state == "CANCELLED"  # CANCEL_SERVER: whatever the outcome
+    assert_server_gone(output)
+
+
+def test_runner_ignores_endpoint_of_another_server_job(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """Pairing: an endpoint file naming another job (a stale one, or a second server on the same
+    folder) is not used, and CANCEL_SERVER cancels only the paired job."""
+    output = tmp_path / "out"
+    (output / "slurm").mkdir(parents=True)
+    bystander = cluster.sbatch("--wrap", "sleep 120", f"--output={output}/bystander-%j.out",
+                               env=cluster.job_env())
+    (output / "slurm" / "endpoint.env").write_text(
+        f"SERVER_JOB_ID={bystander}\nSERVER_HOST=127.0.0.1\nSERVER_PORT=9\nVLLM_BASE_URL=http://127.0.0.1:9/v1\n"
+        "BFCL_EXT_ENDPOINT_COMPLETE=1\n"
+    )
+    env = cluster.job_env({"BFCL_EXT_OUTPUT_DIR": str(output), "BFCL_EXT_MODEL": "m",
+                           "BFCL_EXT_TEST_CATEGORY": "simple_python", "BFCL_EXT_ENDPOINT_TIMEOUT": "2",
+                           "BFCL_EXT_SLURM_DIR": str(SLURM_DIR), "BFCL_EXT_SERVER_JOB_ID": "999999",
+                           "CANCEL_SERVER": "1"})
+    job = cluster.sbatch(f"--output={output}/runner-%j.out", str(SLURM_DIR / "runner.sbatch"), env=env)
+    assert cluster.wait(job).exit_code == 3
+    log = (output / f"runner-{job}.out").read_text()
+    assert f"names server job {bystander}, not 999999: ignored" in log
+    assert cluster.state(bystander) == "RUNNING"  # never cancelled: not the paired job
+    cluster.run(["scancel", bystander])
+
+
+def test_setup_script_is_idempotent_and_stops_by_pid(slurm_cluster: SlurmCluster) -> None:
+    env = {**os.environ, "BFCL_EXT_SLURM_STATE": str(slurm_cluster.state_dir)}
+    pids_before = {p.name: p.read_text() for p in (slurm_cluster.state_dir / "run").glob("*.started")}
+    again = subprocess.run(["bash", str(SETUP_SCRIPT)], env={**env, **_ports(slurm_cluster)}, capture_output=True,
+                           text=True, check=False, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"export SLURM_CONF={slurm_cluster.conf}" in again.stdout
+    assert "already running" in again.stderr
+    assert {p.name: p.read_text() for p in (slurm_cluster.state_dir / "run").glob("*.started")} == pids_before
+
+
+def _ports(cluster: SlurmCluster) -> dict[str, str]:
+    conf = cluster.conf.read_text()
+    ctld = conf.split("SlurmctldPort=")[1].split()[0]
+    node = conf.split(" Port=")[1].split()[0]
+    return {"BFCL_EXT_SLURM_CTLD_PORT": ctld, "BFCL_EXT_SLURM_NODE_PORT": node}
+
+
+def test_endpoint_and_status_files_are_sourceable(cluster: SlurmCluster, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "0.2"),
+                            "BFCL_EXT_NUM_THREADS": "1"})
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "20",
+                         env=slow)
+    _wait_answers(output, 1)
+    endpoint = output / "slurm" / "endpoint.env"
+    shown = subprocess.run(["sh", "-c", f'. "{endpoint}"; echo "$SERVER_JOB_ID $VLLM_BASE_URL"'],
+                           capture_output=True, text=True, check=True).stdout.split()
+    facts = read_kv(endpoint)
+    assert shown == [ids["server"], facts["VLLM_BASE_URL"]]
+    assert facts["VLLM_BASE_URL"] == f"http://{facts['SERVER_HOST']}:{facts['SERVER_PORT']}/v1"
+    assert 20000 <= int(facts["SERVER_PORT"]) < 40000  # derived from the job id
+    assert json.loads((output / "slurm" / "endpoint.json").read_text())["SERVER_PORT"] == facts["SERVER_PORT"]
+    assert read_kv(output / "slurm" / "server-status.env")["SERVER_STATE"] == "ready"
+    assert cluster.wait(ids["runner"]).exit_code == 0, job_logs(output)
+    cluster.wait(ids["server"])
+    assert_server_gone(output)
