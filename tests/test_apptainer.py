@@ -1,0 +1,491 @@
+"""apptainer/runner.def and apptainer/vllm.def, built for real and run.
+
+This Debian 12 host has no Apptainer: it runs in the tool image (docker/apptainer/Dockerfile,
+``scripts/ci/build-apptainer-tool.sh``) as a non-root user, with the capabilities it needs.
+The SIFs are built from the Docker images with ``scripts/apptainer-build.sh --source
+docker-archive`` (``docker save``): the runner from docker/runner/Dockerfile, the server from
+docker/vllm/Dockerfile on the CPU stand-in base (``scripts/ci/build-vllm-cpu-base.sh``), which
+takes the place of the GPU image. Then: ``apptainer test``, ``apptainer inspect``, the runner
+SIF scoring the oracle stand-in (simple_python at 1.0, results in a bound folder, the SIF
+unchanged), and the server SIF serving the tiny random model until /health is 200.
+
+A missing engine, tool image or CPU base FAILS these tests with the command to run; they never
+skip. SIFs are cached under <cache>/apptainer by image id (``BFCL_EXT_TEST_CACHE`` or
+<repo>/.cache): the first run builds them (about 3 + 4 minutes on 2 CPUs), later runs take
+about 2 minutes. Timings are printed (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bfcl_ext import __version__ as BFCL_EXT_VERSION
+from tests.support.vllm_cpu import REPO_ROOT, free_port
+
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
+
+TOOL_IMAGE = os.environ.get("BFCL_EXT_APPTAINER_IMAGE", "bfcl-ext-local/apptainer:1.4")
+LOCAL_PYTHON_BASE = "bfcl-ext-local/python:3.11-bookworm"
+VLLM_CPU_BASE = os.environ.get("BFCL_EXT_VLLM_CPU_IMAGE", "bfcl-ext-local/vllm-cpu:0.32.0")
+RUNNER_IMAGE = "bfcl-ext-runner:apptainer-test"
+VLLM_IMAGE = "bfcl-ext-local/vllm-server:apptainer-test"
+BUILD_TOOL = REPO_ROOT / "scripts" / "ci" / "build-apptainer-tool.sh"
+BUILD_SIF = REPO_ROOT / "scripts" / "apptainer-build.sh"
+TOOL_DOCKERFILE = REPO_ROOT / "docker" / "apptainer" / "Dockerfile"
+RUNNER_DEF = REPO_ROOT / "apptainer" / "runner.def"
+VLLM_DEF = REPO_ROOT / "apptainer" / "vllm.def"
+CACHE = Path(os.environ.get("BFCL_EXT_TEST_CACHE") or REPO_ROOT / ".cache") / "apptainer"
+BUILDER_UID = 1000  # the tool image's non-root user
+BFCL_EVAL_VERSION = re.search(r"^bfcl-eval==(\S+)", (REPO_ROOT / "requirements" / "runner.lock").read_text(), re.M)[1]
+MODEL = "org/smoke_model"
+SERVED_NAME = "tiny-qwen2"
+CPU_EXTRA_ARGS = "--dtype float32 --enforce-eager --kv-cache-memory-bytes 134217728"
+HEALTHY_WITHIN_S = 300
+# What Apptainer needs from Docker here (`--privileged` does not work on this engine); running a
+# SIF also needs /dev/fuse, which the tool image's entrypoint hands to its user when started as root.
+SECURITY = (
+    "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined",
+    "--security-opt", "apparmor=unconfined", "--security-opt", "systempaths=unconfined",
+)  # fmt: skip
+FUSE = ("--device", "/dev/fuse", "--user", "0")
+
+
+def _measure(what: str, value: str) -> None:
+    print(f"\n[apptainer] {what}: {value}", file=sys.stderr)
+
+
+def _docker_bin() -> str:
+    # Debian's client (20.10) matches the engine and builds with BuildKit.
+    found = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker")
+    assert found, "no docker client: run scripts/ci/setup-docker.sh"
+    return found
+
+
+def docker(*args: str, check: bool = True, timeout: float = 120, env: Mapping[str, str] | None = None):
+    done = subprocess.run([_docker_bin(), *args], capture_output=True, text=True, timeout=timeout, check=False, env=env)
+    if check and done.returncode != 0:
+        pytest.fail(
+            f"docker {' '.join(args[:3])} ... failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+    return done
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name) or str(Path(sys.executable).with_name(name))
+    assert Path(found).exists(), f"{name} is not installed: run scripts/install.sh --test (requirements/test.txt)"
+    return found
+
+
+def _sections(definition: Path) -> dict[str, str]:
+    """A definition file's header (under "") and its %sections, by name."""
+    sections: dict[str, list[str]] = {"": []}
+    current = ""
+    for line in definition.read_text().splitlines():
+        match = re.match(r"^%(\w+)\s*$", line)
+        if match:
+            current = match[1]
+            assert current not in sections, f"{definition.name}: %{current} twice"
+            sections[current] = []
+        else:
+            sections[current].append(line)
+    return {name: "\n".join(lines) for name, lines in sections.items()}
+
+
+def _owned_by_builder(path: Path) -> Path:
+    """The tool image's user (uid 1000) must write here."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.getuid() == 0:
+        os.chown(path, BUILDER_UID, BUILDER_UID)
+    elif os.getuid() != BUILDER_UID:
+        path.chmod(0o777)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- static checks (no engine needed)
+
+
+def test_scripts_are_shellcheck_clean() -> None:
+    scripts = [BUILD_TOOL, BUILD_SIF]
+    done = subprocess.run([_tool("shellcheck"), *map(str, scripts)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for script in scripts:
+        assert "set -euo pipefail" in script.read_text(), script
+        assert os.access(script, os.X_OK), f"{script} is not executable"
+
+
+def test_tool_dockerfile_is_hadolint_clean() -> None:
+    done = subprocess.run([_tool("hadolint"), str(TOOL_DOCKERFILE)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("definition", [RUNNER_DEF, VLLM_DEF], ids=lambda p: p.name)
+def test_definition_takes_its_source_as_build_arguments(definition: Path) -> None:
+    sections = _sections(definition)
+    header = [line for line in sections[""].splitlines() if line.strip() and not line.startswith("#")]
+    assert header == ["Bootstrap: {{ BOOTSTRAP }}", "From: {{ FROM }}"], header
+    for name in ("arguments", "labels", "environment", "post", "runscript", "test", "help"):
+        assert sections.get(name, "").strip(), f"{definition.name}: %{name} missing or empty"
+    defaults = dict(
+        line.strip().split("=", 1)
+        for line in sections["arguments"].splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    )
+    assert defaults["BOOTSTRAP"] == "docker", "Bootstrap: docker (a registry) is the default"
+    used = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", definition.read_text()))
+    assert used <= set(defaults), f"arguments without a default: {used - set(defaults)}"
+    assert {"SOURCE_COMMIT", "IMAGE", "IMAGE_ID"} <= used
+
+
+def _dry_run(*args: str) -> list[str]:
+    done = subprocess.run(
+        [str(BUILD_SIF), "--dry-run", *args], capture_output=True, text=True, check=False, timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "APPTAINER"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    command = [line for line in done.stdout.splitlines() if not line.startswith("#")]
+    assert len(command) == 1, done.stdout
+    return shlex.split(command[0])
+
+
+def test_build_script_passes_source_commit_and_versions() -> None:
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    runner = _dry_run("--runtime", "docker", "--source", "docker", "--from", "registry.example.org/t/runner:1",
+                      str(RUNNER_DEF), "/tmp/runner.sif")  # fmt: skip
+    args = [runner[i + 1] for i, word in enumerate(runner) if word == "--build-arg"]
+    assert "BOOTSTRAP=docker" in args and "FROM=registry.example.org/t/runner:1" in args, runner
+    assert "IMAGE=registry.example.org/t/runner:1" in args, runner
+    commit = next(a.split("=", 1)[1] for a in args if a.startswith("SOURCE_COMMIT="))
+    assert commit.removesuffix("-dirty") == head.stdout.strip()
+    assert not any(a.startswith("BFCL_EXT_VERSION=") for a in args), "runner.def takes its versions from the image"
+    assert runner[-2:] == ["/work/image.sif", "/work/runner.def"]
+
+    server = _dry_run("--runtime", "docker", "--source", "docker-archive", "--from", str(TOOL_DOCKERFILE),
+                      "--compression", "lz4", "--notest", "--build-arg", "SOURCE_COMMIT=abc",
+                      str(VLLM_DEF), "/tmp/vllm.sif")  # fmt: skip
+    args = [server[i + 1] for i, word in enumerate(server) if word == "--build-arg"]
+    assert "BOOTSTRAP=docker-archive" in args and "FROM=/work/in/image.tar" in args, server
+    assert f"BFCL_EXT_VERSION={BFCL_EXT_VERSION}" in args
+    assert [a for a in args if a.startswith("SOURCE_COMMIT=")] == ["SOURCE_COMMIT=abc"], "the caller's value wins"
+    assert "--notest" in server and server[server.index("--mksquashfs-args") + 1] == "-comp lz4"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--source", "oras", str(RUNNER_DEF), "x.sif"], "--source must be docker, docker-daemon or docker-archive"),
+        (["--source", "docker", str(RUNNER_DEF), "x.sif"], "--source docker needs --from"),
+        (["--source", "docker-archive", str(RUNNER_DEF), "x.img"], "must end in .sif"),
+        (["--compression", "zip", str(RUNNER_DEF), "x.sif"], "--compression must be"),
+        (["--source", "docker-archive", "apptainer/none.def", "x.sif"], "definition file not found"),
+        ([str(RUNNER_DEF)], "give a definition file and an output .sif"),
+    ],
+)
+def test_build_script_refuses_bad_arguments(args: list[str], message: str) -> None:
+    done = subprocess.run([str(BUILD_SIF), *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False,
+                          timeout=60)  # fmt: skip
+    assert done.returncode == 2, done
+    assert message in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------------- the tool image and the SIFs
+
+
+@pytest.fixture(scope="module")
+def tool_image() -> str:
+    if docker("info", check=False, timeout=30).returncode != 0:
+        pytest.fail("the docker engine does not answer: run scripts/ci/setup-docker.sh")
+    if docker("image", "inspect", TOOL_IMAGE, check=False).returncode != 0:
+        pytest.fail(f"the Apptainer tool image {TOOL_IMAGE} is missing: run {BUILD_TOOL.relative_to(REPO_ROOT)} "
+                    "before the tests (about 20 s; needs deb.debian.org)")  # fmt: skip
+    # Present: make sure it is the current Dockerfile's (a no-op when it is).
+    t0 = time.monotonic()
+    done = subprocess.run([str(BUILD_TOOL)], capture_output=True, text=True, check=False, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    _measure("tool image", f"{time.monotonic() - t0:.1f} s; {done.stdout.strip().splitlines()[-1]}")
+    return TOOL_IMAGE
+
+
+def _build_image(tag: str, dockerfile: Path, context: Path, build_args: Sequence[str]) -> str:
+    t0 = time.monotonic()
+    args = [a for pair in (("--build-arg", b) for b in build_args) for a in pair]
+    docker("build", "--file", str(dockerfile), *args, "--tag", tag, str(context), timeout=900,
+           env=dict(os.environ, DOCKER_BUILDKIT="1"))  # fmt: skip
+    image_id = docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()
+    _measure(f"docker build {tag}", f"{time.monotonic() - t0:.1f} s ({image_id[:19]})")
+    return image_id
+
+
+def _build_sif(kind: str, definition: Path, image: str, image_id: str, *options: str) -> Path:
+    """The SIF of ``image``, cached under CACHE by image id (older ones of this kind removed)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    sif = CACHE / f"{kind}-{image_id.removeprefix('sha256:')[:16]}.sif"
+    for old in CACHE.glob(f"{kind}-*.sif*"):
+        if old.name not in (sif.name, f"{sif.name}.stamp"):
+            old.unlink()
+    t0 = time.monotonic()
+    done = subprocess.run(
+        [str(BUILD_SIF), "--runtime", "docker", "--source", "docker-archive", "--from", image,
+         # A fixed value per image: the SIF stays cached across commits of unrelated files.
+         "--build-arg", f"SOURCE_COMMIT=test-{image_id.removeprefix('sha256:')[:16]}",
+         *options, str(definition), str(sif)],
+        capture_output=True, text=True, check=False, timeout=900,
+        env={k: v for k, v in os.environ.items() if k != "APPTAINER"},
+    )  # fmt: skip
+    assert done.returncode == 0, f"building {sif.name} failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+    assert sif.is_file() and sif.with_name(sif.name + ".stamp").is_file()
+    took = time.monotonic() - t0
+    cached = "up to date" in done.stderr
+    _measure(f"{kind}.sif", f"{sif.stat().st_size / 1e6:.0f} MB, {'cached' if cached else 'built'} in {took:.1f} s")
+    return sif
+
+
+@dataclass
+class Sif:
+    path: Path
+    image_id: str
+
+
+@pytest.fixture(scope="module")
+def runner_sif(tool_image: str) -> Sif:
+    image_id = _build_image(RUNNER_IMAGE, REPO_ROOT / "docker" / "runner" / "Dockerfile", REPO_ROOT,
+                            [f"PYTHON_BASE={LOCAL_PYTHON_BASE}"])  # fmt: skip
+    # The default compression (gzip), and the definition's %test run during the build.
+    return Sif(_build_sif("runner", RUNNER_DEF, RUNNER_IMAGE, image_id), image_id)
+
+
+@pytest.fixture(scope="module")
+def vllm_sif(tool_image: str) -> Sif:
+    if docker("image", "inspect", VLLM_CPU_BASE, check=False).returncode != 0:
+        pytest.fail(f"the CPU base {VLLM_CPU_BASE} is missing: run scripts/ci/build-vllm-cpu-base.sh before the "
+                    "tests (about 3 minutes, then cached)")  # fmt: skip
+    dockerfile = REPO_ROOT / "docker" / "vllm" / "Dockerfile"
+    image_id = _build_image(VLLM_IMAGE, dockerfile, dockerfile.parent, [f"VLLM_BASE={VLLM_CPU_BASE}"])
+    # 3.8 GB of image: lz4 squashes it in 20 s where gzip takes 5 minutes on 2 CPUs; %test runs
+    # below, with `apptainer test`.
+    return Sif(_build_sif("vllm", VLLM_DEF, VLLM_IMAGE, image_id, "--compression", "lz4", "--notest"), image_id)
+
+
+def apptainer(
+    *args: str,
+    volumes: Mapping[Path, str],
+    env: Mapping[str, str] | None = None,
+    timeout: float = 300,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """``apptainer ARGS`` in the tool image, as its non-root user, on the host's network; ``env``
+    is the environment Apptainer itself sees (the "host" environment of the container)."""
+    name = f"bfcl-ext-apptainer-{uuid.uuid4().hex[:10]}"
+    command = [_docker_bin(), "run", "--rm", "--name", name, "--network", "host", *SECURITY, *FUSE]
+    for source, target in volumes.items():
+        command += ["--volume", f"{source}:{target}"]
+    for key in env or {}:
+        command += ["--env", key]  # the value from the client's environment: never in argv
+    command += [TOOL_IMAGE, "apptainer", *args]
+    client_env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "BFCL_EXT_", "SERVE_"))}
+    client_env.update(env or {})
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, env=client_env)
+    finally:
+        subprocess.run([_docker_bin(), "rm", "-f", name], capture_output=True, check=False)
+    if check and done.returncode != 0:
+        pytest.fail(f"apptainer {' '.join(args)} -> {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done
+
+
+def _labels(sif: Path) -> dict[str, str]:
+    done = apptainer("inspect", "--json", "/sif/image.sif", volumes={sif: "/sif/image.sif:ro"})
+    return json.loads(done.stdout)["data"]["attributes"]["labels"]
+
+
+# ---------------------------------------------------------------- runner.sif
+
+
+def test_runner_sif_self_test_and_help(runner_sif: Sif) -> None:
+    volumes = {runner_sif.path: "/sif/runner.sif:ro"}
+    t0 = time.monotonic()
+    done = apptainer("test", "/sif/runner.sif", volumes=volumes)
+    _measure("apptainer test runner.sif", f"{time.monotonic() - t0:.1f} s")
+    assert f"bfcl-ext {BFCL_EXT_VERSION}" in done.stdout, done.stdout
+    assert f"bfcl-eval {BFCL_EVAL_VERSION}: data at" in done.stdout, done.stdout
+    assert "runner.sif: self-test passed" in done.stdout, done.stdout
+    # No arguments: bfcl-ext's help, as the container's CMD gives.
+    done = apptainer("run", "/sif/runner.sif", volumes=volumes)
+    assert done.stdout.startswith("usage: bfcl-ext"), done.stdout
+    done = apptainer("run-help", "/sif/runner.sif", volumes=volumes)
+    assert "--bind" in done.stdout and "/results" in done.stdout, done.stdout
+
+
+def test_runner_sif_labels(runner_sif: Sif) -> None:
+    labels = _labels(runner_sif.path)
+    assert labels["org.bfcl-ext.version"] == BFCL_EXT_VERSION, labels
+    assert labels["org.bfcl-ext.bfcl-eval-version"] == BFCL_EVAL_VERSION, labels
+    assert labels["org.bfcl-ext.source-commit"] == f"test-{runner_sif.image_id.removeprefix('sha256:')[:16]}"
+    assert labels["org.bfcl-ext.image"] == RUNNER_IMAGE, labels
+    assert labels["org.bfcl-ext.image-id"] == runner_sif.image_id, labels
+    assert labels["org.label-schema.usage.singularity.deffile.bootstrap"] == "docker-archive", labels
+
+
+def test_runner_sif_scores_the_standin_into_a_bound_folder(runner_sif: Sif, standin_factory, tmp_path: Path) -> None:
+    standin = standin_factory("--served-model-name", MODEL)
+    results = _owned_by_builder(tmp_path / "results")
+    before = _sha256(runner_sif.path)
+    t0 = time.monotonic()
+    # --containall: nothing of the host but what is passed (--env) and bound; no --writable-tmpfs.
+    # The SIF is mounted read-write into the tool container: only Apptainer keeps it unchanged.
+    done = apptainer(
+        "run", "--containall", "--bind", "/work/results:/results",
+        "--env", f"VLLM_ENDPOINT=127.0.0.1,VLLM_PORT={standin.port}",
+        "/sif/runner.sif", "run", "--model", MODEL, "--test-category", "simple_python",
+        volumes={runner_sif.path: "/sif/runner.sif", results: "/work/results"}, check=False,
+    )  # fmt: skip
+    _measure("runner.sif scores simple_python (400 entries)", f"{time.monotonic() - t0:.1f} s")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 400, "total": 400}, summary
+    assert summary["mode"] == "skip", "skip mode is the image's default"
+    assert summary["endpoint"] == f"http://127.0.0.1:{standin.port}/v1"
+    assert (results / "manifest.json").is_file() and (results / "score").is_dir()
+    assert (results / "summary.json").stat().st_uid == BUILDER_UID, "written by the user who ran apptainer"
+    assert _sha256(runner_sif.path) == before, "the SIF changed"
+
+
+def test_runner_sif_takes_settings_from_the_host_environment(runner_sif: Sif, standin_factory, tmp_path: Path) -> None:
+    """Without --containall the host's VLLM_* / BFCL_EXT_* reach bfcl-ext, although the Docker image
+    sets VLLM_ENDPOINT=vllm (an image variable would otherwise hide the host's)."""
+    standin = standin_factory("--served-model-name", MODEL)
+    results = _owned_by_builder(tmp_path / "out")
+    done = apptainer(
+        "run", "--bind", "/work/out:/work/out", "/sif/runner.sif", "run",
+        volumes={runner_sif.path: "/sif/runner.sif:ro", results: "/work/out"},
+        env={"VLLM_ENDPOINT": "127.0.0.1", "VLLM_PORT": str(standin.port), "BFCL_EXT_MODEL": MODEL,
+             "BFCL_EXT_TEST_CATEGORY": "simple_python", "BFCL_EXT_LIMIT": "5", "BFCL_EXT_OUTPUT_DIR": "/work/out"},
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["categories"]["simple_python"]["accuracy"] == 1.0, summary
+    assert summary["endpoint"] == f"http://127.0.0.1:{standin.port}/v1"
+
+
+def test_runner_sif_without_a_bound_results_folder_says_how(runner_sif: Sif) -> None:
+    done = apptainer(
+        "run", "--containall", "/sif/runner.sif", "run", "--model", MODEL, "--test-category", "simple_python",
+        volumes={runner_sif.path: "/sif/runner.sif:ro"}, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done
+    assert '--bind "$PWD/results:/results"' in done.stderr, done.stderr
+    assert "not writable" in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------------- vllm.sif
+
+
+def test_vllm_sif_self_test_and_labels(vllm_sif: Sif) -> None:
+    t0 = time.monotonic()
+    done = apptainer("test", "/sif/vllm.sif", volumes={vllm_sif.path: "/sif/vllm.sif:ro"})
+    _measure("apptainer test vllm.sif", f"{time.monotonic() - t0:.1f} s")
+    assert "vllm 0.32.0" in done.stdout and "vllm.sif: self-test passed" in done.stdout, done.stdout
+    labels = _labels(vllm_sif.path)
+    assert labels["org.bfcl-ext.vllm-version"].startswith("0.32.0"), labels
+    assert labels["org.bfcl-ext.version"] == BFCL_EXT_VERSION, labels
+    assert labels["org.bfcl-ext.image-id"] == vllm_sif.image_id, labels
+    assert labels["org.bfcl-ext.source-commit"].startswith("test-"), labels
+
+
+def _http(url: str, key: str | None = None, timeout: float = 10) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(errors="replace")
+
+
+@pytest.fixture
+def served_vllm_sif(vllm_sif: Sif, tiny_model_dir: Path) -> Iterator[tuple[str, int, str]]:
+    """`apptainer run vllm.sif` in a detached tool container, configured as the server image is:
+    SERVE_* and VLLM_API_KEY from the environment (no --containall: the host's pass through)."""
+    for p in [tiny_model_dir, *tiny_model_dir.iterdir()]:
+        assert p.stat().st_mode & 0o004, f"{p} is not world-readable: uid 1000 cannot read it"
+    name = f"bfcl-ext-apptainer-vllm-{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    key = "sk-test-" + secrets.token_hex(16)
+    env = {
+        "SERVE_MODEL": "/models/tiny", "SERVE_SERVED_MODEL_NAME": SERVED_NAME, "SERVE_HOST": "127.0.0.1",
+        "SERVE_PORT": str(port), "SERVE_MAX_MODEL_LEN": "2048", "SERVE_EXTRA_ARGS": CPU_EXTRA_ARGS,
+        "VLLM_API_KEY": key, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+        # A runner's setting in a shared environment: the entrypoint must unset it for vLLM.
+        "VLLM_PORT": "8000",
+    }  # fmt: skip
+    command = [
+        "run", "--detach", "--name", name, "--network", "host", "--shm-size", "1g", *SECURITY, *FUSE,
+        "--volume", f"{vllm_sif.path}:/sif/vllm.sif:ro", "--volume", f"{tiny_model_dir}:/models/tiny:ro",
+        *[a for k in env for a in ("--env", k)],
+        TOOL_IMAGE, "apptainer", "run", "--bind", "/models/tiny:/models/tiny:ro", "/sif/vllm.sif",
+    ]  # fmt: skip
+    try:
+        docker(*command, env=dict(os.environ, **env))
+        yield name, port, key
+    finally:
+        docker("rm", "--force", name, check=False)
+
+
+def test_vllm_sif_serves_the_tiny_model(served_vllm_sif: tuple[str, int, str]) -> None:
+    name, port, key = served_vllm_sif
+    t0 = time.monotonic()
+    while True:
+        try:
+            if _http(f"http://127.0.0.1:{port}/health", timeout=2)[0] == 200:
+                break
+        except (urllib.error.URLError, OSError):
+            pass
+        state = docker("inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name).stdout.split()
+        logs = docker("logs", "--tail", "60", name, check=False)
+        if state[0] != "true":
+            pytest.fail(
+                f"apptainer run vllm.sif exited ({state[1]}) before /health was 200:\n{logs.stdout}{logs.stderr}"
+            )
+        if time.monotonic() - t0 > HEALTHY_WITHIN_S:
+            pytest.fail(f"/health not 200 after {HEALTHY_WITHIN_S} s:\n{logs.stdout}{logs.stderr}")
+        time.sleep(1)
+    _measure("apptainer run vllm.sif -> /health 200", f"{time.monotonic() - t0:.1f} s")
+    status, body = _http(f"http://127.0.0.1:{port}/v1/models", key=key)
+    assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == [SERVED_NAME], body
+    assert _http(f"http://127.0.0.1:{port}/v1/models")[0] == 401, "VLLM_API_KEY from the environment is required"
+    logs = docker("logs", name, check=False)
+    output = logs.stdout + logs.stderr
+    assert "vllm-entrypoint: exec vllm serve /models/tiny" in output, output[-3000:]
+    assert key not in output, "the key must not be printed"
+    # SIGTERM (docker stop) reaches vLLM through Apptainer: a prompt, clean stop.
+    t0 = time.monotonic()
+    docker("stop", "--time", "30", name, timeout=60)
+    stopped_s = time.monotonic() - t0
+    _measure("docker stop -> vLLM gone", f"{stopped_s:.1f} s")
+    assert stopped_s < 15
+    assert docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() in ("0", "143")
