@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bfcl_ext.bridge import sha256_file  # bridge imports bfcl-eval only inside its functions
 from bfcl_ext.errors import BfclExtError, ConfigError, VerificationError
 
 PREFIX = "bfcl-run"
@@ -346,7 +347,7 @@ def check_checksums(archive: Path | str, root: Path) -> int:
         path = root.joinpath(*name.split("/"))
         if not path.is_file():
             raise VerificationError(f"{archive}: {PREFIX}/{name} is listed in {SUMS} but missing from the bundle")
-        found = _sha256(path)
+        found = sha256_file(path)
         if found != digest:
             raise VerificationError(f"{archive}: {PREFIX}/{name} does not match its checksum ({SUMS}: "
                                     f"{digest[:16]}..., file: {found[:16]}...): it was changed after bundling")
@@ -358,14 +359,6 @@ def check_checksums(archive: Path | str, root: Path) -> int:
         if name not in listed:
             raise VerificationError(f"{archive}: {PREFIX}/{name} is missing from the bundle")
     return len(listed)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load(archive: Path, root: Path, name: str) -> dict[str, Any]:

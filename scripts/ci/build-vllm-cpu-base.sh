@@ -51,10 +51,8 @@ for arg in "$@"; do
     esac
 done
 
-if [ -z "${DOCKER:-}" ]; then
-    # Debian's client matches the 20.10 engine and builds with BuildKit.
-    if [ -x /usr/bin/docker ]; then DOCKER=/usr/bin/docker; else DOCKER=$(command -v docker || true); fi
-fi
+# shellcheck source=scripts/ci/docker-client.sh
+. "$(dirname "${BASH_SOURCE[0]}")/docker-client.sh"
 [ -n "$DOCKER" ] || die "no docker client found (run scripts/ci/setup-docker.sh)"
 "$DOCKER" info >/dev/null 2>&1 || die "the docker engine does not answer (run scripts/ci/setup-docker.sh)"
 

@@ -24,10 +24,9 @@ install_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
 }
 
-docker_client() {
-    # Debian's client matches the 20.10 engine and builds with BuildKit.
-    if [ -x /usr/bin/docker ]; then echo /usr/bin/docker; else command -v docker; fi
-}
+# shellcheck source=scripts/ci/docker-client.sh
+. "$(dirname "${BASH_SOURCE[0]}")/docker-client.sh"
+docker_client() { echo "$DOCKER"; }
 
 start_engine() {
     local docker
