@@ -140,6 +140,8 @@ OPTIONS: tuple[Option, ...] = (
            "seconds to wait for a server that went away mid-run to come back"),
     Option("tokenizer", "BFCL_EXT_TOKENIZER", "--tokenizer", None, _optional_text,
            "local tokenizer folder for BFCL registry models that format prompts on the client"),
+    Option("model_revision", "BFCL_EXT_MODEL_REVISION", "--model-revision", None, _optional_text,
+           "the model's revision (hub commit or tag): recorded in manifest.json; managed mode passes it to vLLM"),
     Option("stop_grace", "BFCL_EXT_STOP_GRACE", "--stop-grace", 30.0, _number(float, 0),
            "seconds the managed vLLM gets between SIGTERM and SIGKILL"),
 )
@@ -169,6 +171,7 @@ class Settings:
     recovery_timeout: float
     tokenizer: Path | None
     stop_grace: float
+    model_revision: str | None
     env_file: Path | None
     slurm_job_id: str | None = None  # SLURM's, not a user setting: seeds the managed server's port
     sources: Mapping[str, str] = field(default_factory=dict)  # setting -> flag / env / .env / default
@@ -285,6 +288,7 @@ def _build(raw: dict[str, Any], sources: dict[str, str], env_path: Path | None, 
         recovery_timeout=raw["recovery_timeout"],
         tokenizer=Path(raw["tokenizer"]) if raw["tokenizer"] else None,
         stop_grace=raw["stop_grace"],
+        model_revision=raw["model_revision"],
         env_file=env_path,
         slurm_job_id=slurm_job_id,
         sources=sources,

@@ -78,7 +78,7 @@ def serving(settings: Settings, environ: Mapping[str, str]) -> Iterator[Server]:
         print(f"bfcl-ext: port {settings.endpoint.port} is taken; vLLM will listen on {port}", file=sys.stderr)
     argv = server_command(
         settings.vllm_command, settings.model or "", settings.model_name_served, settings.vllm_bind, port,
-        settings.vllm_args,
+        settings.vllm_args, settings.model_revision,
     )
     log_path = settings.output_dir / "logs" / "vllm-server.log"
     print(f"bfcl-ext: starting vLLM: {' '.join(argv)} (log: {log_path})", file=sys.stderr)
@@ -306,13 +306,25 @@ def _manifest(context: RunContext) -> dict[str, Any]:
                     "applies the model's generation_config.json defaults (top_k, top_p, repetition_penalty)",
             "generation_config": _generation_config(managed),
         },
-        "model": {"name": settings.model, "served_as": settings.model_name_served, "handler": context.session.mode},
+        "model": {
+            "name": settings.model, "served_as": settings.model_name_served, "handler": context.session.mode,
+            "revision": settings.model_revision,
+            "root": _served_root(context.info.models_payload, settings.model_name_served),
+        },
         "categories": bridge.dataset_hashes(context.categories),
         "threads": settings.num_threads,
         "limit": settings.limit,
         "started_at": _iso(context.started),
         "finished_at": _iso(context.finished),
     }
+
+
+def _served_root(models_payload: Mapping[str, Any], served_name: str) -> str | None:
+    """vLLM's /v1/models names what it loaded (`root`: a hub id or a local path)."""
+    for model in models_payload.get("data", []):
+        if isinstance(model, dict) and model.get("id") == served_name:
+            return model.get("root")
+    return None
 
 
 def _generation_config(managed: ManagedServer | None) -> str | None:

@@ -58,10 +58,13 @@ def choose_port(host: str, wanted: int, slurm_job_id: str | None) -> int:
 
 
 def server_command(
-    command: Sequence[str], model: str, served_name: str, host: str, port: int, extra: Sequence[str]
+    command: Sequence[str], model: str, served_name: str, host: str, port: int, extra: Sequence[str],
+    revision: str | None = None,
 ) -> list[str]:
     """``vllm serve MODEL ...``; for a module entry point (``python -m ...api_server``) ``--model MODEL``."""
     model_args = [model] if command[-1] == "serve" else ["--model", model]
+    if revision:
+        model_args += ["--revision", revision]
     pinned = [] if any(arg.startswith("--generation-config") for arg in extra) else ["--generation-config", "vllm"]
     return [
         *command, *model_args, "--host", host, "--port", str(port), "--served-model-name", served_name,

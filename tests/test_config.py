@@ -61,6 +61,7 @@ ROWS = [
     ("BFCL_EXT_RECOVERY_TIMEOUT", "45", "recovery_timeout", 45.0),
     ("BFCL_EXT_TOKENIZER", "/models/tok", "tokenizer", Path("/models/tok")),
     ("BFCL_EXT_STOP_GRACE", "5", "stop_grace", 5.0),
+    ("BFCL_EXT_MODEL_REVISION", "a1b2c3d", "model_revision", "a1b2c3d"),
     ("BFCL_EXT_VLLM_BIND", "0.0.0.0", "vllm_bind", "0.0.0.0"),
 ]
 

@@ -47,10 +47,12 @@ def _environ_of_processes_with(needle: str) -> list[dict[str, str]]:
 
 def test_managed_run_starts_the_server_scores_and_stops_it(tmp_path: Path) -> None:
     port = free_port()
-    done = run_bfcl_ext(_managed(tmp_path / "out", port), timeout=300)
+    done = run_bfcl_ext(_managed(tmp_path / "out", port, "--model-revision", "a1b2c3d"), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = read_json(tmp_path / "out" / "summary.json")
     assert summary["mode"] == "managed"
+    model = read_json(tmp_path / "out" / "manifest.json")["model"]
+    assert model["revision"] == "a1b2c3d" and model["served_as"] == "org/managed_model"
     assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 20, "total": 20}
     assert "standin: serving org/managed_model" in (tmp_path / "out" / "logs" / "vllm-server.log").read_text()
     launched = read_json(tmp_path / "out" / "manifest.json")["server"]["launched_with"]
@@ -59,6 +61,7 @@ def test_managed_run_starts_the_server_scores_and_stops_it(tmp_path: Path) -> No
 
     assert (value("--model"), value("--host"), value("--port")) == ("org/managed_model", "127.0.0.1", str(port))
     assert value("--served-model-name") == "org/managed_model" and value("--generation-config") == "vllm"
+    assert value("--revision") == "a1b2c3d"
     assert not _listening(port)
 
 
@@ -90,6 +93,8 @@ def test_server_command_shapes() -> None:
     )
     assert serve == ["vllm", "serve", "Qwen/Qwen3-8B", "--host", "0.0.0.0", "--port", "8001", "--served-model-name",
                      "served", "--generation-config", "vllm", "--tensor-parallel-size", "2"]
+    pinned = server_command(("vllm", "serve"), "Qwen/Qwen3-8B", "s", "h", 1, (), revision="a1b2c3d")
+    assert pinned[2:5] == ["Qwen/Qwen3-8B", "--revision", "a1b2c3d"]
     module = server_command(("python", "-m", "vllm.entrypoints.openai.api_server"), "m", "m", "h", 1,
                             ("--generation-config", "auto"))
     assert module[3:5] == ["--model", "m"] and module.count("--generation-config") == 1
