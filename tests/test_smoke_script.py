@@ -1,0 +1,37 @@
+"""README's "run the main job" command: scripts/smoke.sh scores the stand-in oracle at 100%."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.conftest import clean_environment
+from tests.support.docker_env import REPO_ROOT, docker_environment, ensure_engine
+from tests.support.vllm_cpu import free_port
+
+
+def test_local_smoke_script(tmp_path: Path) -> None:
+    out = tmp_path / "smoke"
+    env = clean_environment({"BFCL_EXT_OUTPUT_DIR": str(out), "SMOKE_PORT": str(free_port())})
+    done = subprocess.run(["bash", "scripts/smoke.sh"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "simple_python   100.00%  400/400" in done.stdout
+    assert json.loads((out / "summary.json").read_text())["categories"]["simple_python"]["accuracy"] == 1.0
+
+
+def test_compose_smoke_script(tmp_path: Path) -> None:
+    ensure_engine()
+    results = tmp_path / "results"
+    env = docker_environment({"BFCL_EXT_RESULTS_DIR": str(results), "COMPOSE_PROJECT_NAME": "bfclsmokescript",
+                              "BFCL_EXT_LIMIT": "20"})
+    try:
+        done = subprocess.run(["bash", "scripts/smoke.sh", "--compose"], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=900, check=False)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        summary = json.loads((results / "summary.json").read_text())
+        assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 20, "total": 20}
+    finally:
+        subprocess.run(["docker", "compose", "-f", "compose.yaml", "-f", "compose.smoke.yaml", "down",
+                        "--remove-orphans"], cwd=REPO_ROOT, env=env, capture_output=True, check=False)
