@@ -16,7 +16,7 @@ CATEGORIES=${1:-simple_python}
 
 if [ "$mode" = compose ]; then
     # shellcheck source=scripts/ci/docker-client.sh
-    . scripts/ci/docker-client.sh
+    . "$PWD/scripts/ci/docker-client.sh"
     results=${BFCL_EXT_RESULTS_DIR:-./results}
     mkdir -p "$results"
     if [ "$(id -u)" = 0 ]; then chown "${RUNNER_UID:-1000}:${RUNNER_GID:-1000}" "$results"; fi
