@@ -21,6 +21,7 @@ from bfcl_ext.server import ManagedServer, choose_port, server_command
 from bfcl_ext.signals import Interruptions
 
 MIN_FREE_BYTES = 200 * 1024 * 1024
+VLLM_MIN_TEMPERATURE = 0.01  # vLLM raises any lower temperature to this
 OUTPUT_SETTING = "BFCL_EXT_OUTPUT_DIR/--output-dir"
 
 
@@ -302,6 +303,10 @@ def _manifest(context: RunContext) -> dict[str, Any]:
         },
         "sampling": {
             "temperature_sent": settings.temperature,
+            # a server that answers /version is vLLM here; others' clamping is unknown
+            "temperature_effective": (
+                max(settings.temperature, VLLM_MIN_TEMPERATURE) if context.info.version else None
+            ),
             "note": "vLLM raises temperatures below 0.01 to 0.01; without --generation-config vllm it also "
                     "applies the model's generation_config.json defaults (top_k, top_p, repetition_penalty)",
             "generation_config": _generation_config(managed),

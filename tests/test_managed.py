@@ -51,6 +51,8 @@ def test_managed_run_starts_the_server_scores_and_stops_it(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr[-3000:]
     summary = read_json(tmp_path / "out" / "summary.json")
     assert summary["mode"] == "managed"
+    sampling = read_json(tmp_path / "out" / "manifest.json")["sampling"]
+    assert sampling["temperature_sent"] == 0.001 and sampling["temperature_effective"] == 0.01
     model = read_json(tmp_path / "out" / "manifest.json")["model"]
     assert model["revision"] == "a1b2c3d" and model["served_as"] == "org/managed_model"
     assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 20, "total": 20}
