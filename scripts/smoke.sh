@@ -15,7 +15,7 @@ fi
 CATEGORIES=${1:-simple_python}
 
 if [ "$mode" = compose ]; then
-    # shellcheck source=scripts/ci/docker-client.sh
+    # shellcheck source=scripts/ci/docker-client.sh disable=SC1091  # checked on its own
     . "$PWD/scripts/ci/docker-client.sh"
     results=${BFCL_EXT_RESULTS_DIR:-./results}
     mkdir -p "$results"

@@ -51,7 +51,7 @@ for arg in "$@"; do
     esac
 done
 
-# shellcheck source=scripts/ci/docker-client.sh
+# shellcheck source=scripts/ci/docker-client.sh disable=SC1091  # checked on its own
 . "$(dirname "${BASH_SOURCE[0]}")/docker-client.sh"
 [ -n "$DOCKER" ] || die "no docker client found (run scripts/ci/setup-docker.sh)"
 "$DOCKER" info >/dev/null 2>&1 || die "the docker engine does not answer (run scripts/ci/setup-docker.sh)"

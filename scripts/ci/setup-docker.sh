@@ -24,9 +24,9 @@ install_packages() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
 }
 
-# shellcheck source=scripts/ci/docker-client.sh
+# shellcheck source=scripts/ci/docker-client.sh disable=SC1091  # checked on its own
 . "$(dirname "${BASH_SOURCE[0]}")/docker-client.sh"
-docker_client() { echo "$DOCKER"; }
+docker_client() { echo "${DOCKER:?}"; }
 
 start_engine() {
     local docker
