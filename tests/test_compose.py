@@ -198,3 +198,31 @@ def test_cpu_vllm_stack_serves_the_tiny_model_to_the_runner(tmp_path: Path, tiny
     finally:
         _compose(project, CPU, "down", "--remove-orphans", env=env, check=False)
     assert _project_containers(project) == []
+
+
+def test_runner_alone_against_a_server_elsewhere(smoke_env: dict[str, str]) -> None:
+    """`docker compose run --no-deps runner run` with the endpoint in the environment: no vllm service runs."""
+    project = "bfclalone"
+    results = Path(smoke_env["BFCL_EXT_RESULTS_DIR"])
+    server = f"{project}-elsewhere"
+    env = dict(smoke_env, BFCL_EXT_MODEL="elsewhere-model", BFCL_EXT_LIMIT="20")
+    try:
+        _compose(project, SMOKE, "build", "runner", env=env)
+        _compose(project, SMOKE, "create", "runner", env=env)  # the project's network, nothing started
+        subprocess.run([docker(), "run", "-d", "--rm", "--name", server, "--network", f"{project}_bfcl",
+                        "bfcl-ext-runner:local", "standin", "--host", "0.0.0.0", "--port", "9000",
+                        "--served-model-name", "elsewhere-model"], check=True, capture_output=True)
+        done = _compose(project, SMOKE, "run", "--rm", "--no-deps", "-e", f"VLLM_ENDPOINT={server}",
+                        "-e", "VLLM_PORT=9000", "runner", "run", env=env, check=False)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+        summary = json.loads((results / "summary.json").read_text())
+        assert summary["endpoint"] == f"http://{server}:9000/v1"
+        assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 20, "total": 20}
+        running = subprocess.run([docker(), "ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
+                                  "--filter", "label=com.docker.compose.service=vllm"],
+                                 capture_output=True, text=True, check=True).stdout.split()
+        assert running == [], "the vllm service was started"
+    finally:
+        subprocess.run([docker(), "rm", "-f", server], capture_output=True, check=False)
+        _compose(project, SMOKE, "down", "--remove-orphans", env=env, check=False)
+    assert _project_containers(project) == []
