@@ -270,13 +270,19 @@ def _runs_table(runs: list[Run]) -> Table:
     return Table("runs", ["run", "source", "model", "status", "scope"], rows, notes)
 
 
+def _run_columns(runs: Sequence[Any]) -> list[str]:
+    """One column per run, each after the first followed by its difference from the first."""
+    columns: list[str] = []
+    for index, run in enumerate(runs):
+        columns.append(run.label)
+        if index:
+            columns.append(f"{run.label}-{runs[0].label}")
+    return columns
+
+
 def _accuracy_table(comparison: Comparison) -> Table:
     runs = comparison.runs
-    header = ["category"]
-    for index, run in enumerate(runs):
-        header.append(run.label)
-        if index:
-            header.append(f"{run.label}-{runs[0].label}")
+    header = ["category", *_run_columns(runs)]
     rows = []
     for category in [*comparison.categories, "overall"]:
         row = [category]
@@ -323,11 +329,7 @@ def _leaderboard_table(runs: list[Run]) -> Table:
                 columns.append(column)
     shown = [c for c in columns
              if any((run.leaderboard or {}).get(c) not in (None, "", "N/A") for run in runs)]
-    header = ["column"]
-    for index, run in enumerate(runs):
-        header.append(run.label)
-        if index:
-            header.append(f"{run.label}-{runs[0].label}")
+    header = ["column", *_run_columns(runs)]
     rows = []
     for column in shown:
         values = [(run.leaderboard or {}).get(column) for run in runs]

@@ -17,7 +17,6 @@ about 2 minutes. Timings are printed (``pytest -s``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from pathlib import Path
 import pytest
 
 from bfcl_ext import __version__ as BFCL_EXT_VERSION
+from bfcl_ext.bridge import sha256_file
 from tests.support.vllm_cpu import REPO_ROOT, free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
@@ -116,14 +116,6 @@ def _owned_by_builder(path: Path) -> Path:
     elif os.getuid() != BUILDER_UID:
         path.chmod(0o777)
     return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- static checks (no engine needed)
@@ -353,7 +345,7 @@ def test_runner_sif_labels(runner_sif: Sif) -> None:
 def test_runner_sif_scores_the_standin_into_a_bound_folder(runner_sif: Sif, standin_factory, tmp_path: Path) -> None:
     standin = standin_factory("--served-model-name", MODEL)
     results = _owned_by_builder(tmp_path / "results")
-    before = _sha256(runner_sif.path)
+    before = sha256_file(runner_sif.path)
     t0 = time.monotonic()
     # --containall: nothing of the host but what is passed (--env) and bound; no --writable-tmpfs.
     # The SIF is mounted read-write into the tool container: only Apptainer keeps it unchanged.
@@ -371,7 +363,7 @@ def test_runner_sif_scores_the_standin_into_a_bound_folder(runner_sif: Sif, stan
     assert summary["endpoint"] == f"http://127.0.0.1:{standin.port}/v1"
     assert (results / "manifest.json").is_file() and (results / "score").is_dir()
     assert (results / "summary.json").stat().st_uid == BUILDER_UID, "written by the user who ran apptainer"
-    assert _sha256(runner_sif.path) == before, "the SIF changed"
+    assert sha256_file(runner_sif.path) == before, "the SIF changed"
 
 
 def test_runner_sif_takes_settings_from_the_host_environment(runner_sif: Sif, standin_factory, tmp_path: Path) -> None:
