@@ -13,7 +13,6 @@ else imports the evaluator (5-9 s), and needs ``use_project_root`` first.
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib.util
 import json
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bfcl_ext.errors import ConfigError
+from bfcl_ext.provenance import sha256_file
 
 BFCL_EVAL_VERSION = "2026.3.23"
 CATEGORY_SETTING = "BFCL_EXT_TEST_CATEGORY/--test-category"
@@ -80,14 +80,6 @@ def ground_truth_path(category: str) -> Path:
     from bfcl_eval.constants.category_mapping import VERSION_PREFIX
 
     return _package_dir() / "data" / "possible_answer" / f"{VERSION_PREFIX}_{category}.json"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def dataset_hashes(categories: Iterable[str]) -> dict[str, dict[str, str | None]]:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bfcl_ext.bridge import sha256_file  # bridge imports bfcl-eval only inside its functions
+from bfcl_ext.provenance import sha256_file
 from bfcl_ext.errors import BfclExtError, ConfigError, VerificationError
 
 PREFIX = "bfcl-run"

@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(run)
     check = commands.add_parser("check", help="is the server ready, and does it answer a tool call?")
     _add_settings(check, [o.name for o in OPTIONS if o.name not in ("test_categories", "limit", "num_threads",
-                                                                   "retry_rounds", "recovery_timeout", "tokenizer")])
+                                                                   "retry_rounds", "recovery_timeout", "tokenizer",
+                                                                   "server_facts", "runner_image", "server_image")])
     commands.add_parser("models", help="list BFCL's registry models (scored with BFCL's own handlers)")
     bundle = commands.add_parser("bundle", help="pack a run (results, scores, summary, manifest, server log) into a "
                                  "reproducible .tar.gz with SHA256SUMS")

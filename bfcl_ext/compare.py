@@ -143,7 +143,12 @@ def facts(manifest: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, 
     out["server.max_model_len"] = _text(served_entry.get("max_model_len"))
     for flag, value in _launch_flags(server.get("launched_with")).items():
         out[f"vllm.{flag}"] = value
+    out["server.tool_call_parser"] = _text(server.get("tool_call_parser"))
+    out["server.gpus"] = _text(", ".join(server.get("gpus") or []) or None)
     out["gpus"] = _text(", ".join(manifest.get("gpus") or []) or None)
+    for role, image in (manifest.get("images") or {}).items():
+        image = image or {}
+        out[f"image.{role}"] = _text(image.get("digest") or image.get("reference"))
     out["sampling.temperature_sent"] = _text(sampling.get("temperature_sent"))
     out["sampling.generation_config"] = _text(sampling.get("generation_config"))
     categories = manifest.get("categories") or {}

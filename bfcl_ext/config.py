@@ -23,6 +23,7 @@ DEFAULT_PORT = 8000
 DEFAULT_WAIT_TIMEOUT = 1800.0  # a 70B model read from network storage can take 20+ minutes
 DEFAULT_NUM_THREADS = 64
 CONTAINER_VARIABLE = "BFCL_EXT_CONTAINER"  # set by the runner images: skip mode becomes the default
+APPTAINER_VARIABLES = ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER")  # the SIF we run in, set by Apptainer
 SECRET_MARKERS = ("key", "token", "secret", "password", "passwd", "credential", "auth")
 
 
@@ -144,6 +145,15 @@ OPTIONS: tuple[Option, ...] = (
            "the model's revision (hub commit or tag): recorded in manifest.json; managed mode passes it to vLLM"),
     Option("stop_grace", "BFCL_EXT_STOP_GRACE", "--stop-grace", 30.0, _number(float, 0),
            "seconds the managed vLLM gets between SIGTERM and SIGKILL"),
+    Option("server_facts", "BFCL_EXT_SERVER_FACTS", "--server-facts", None, _optional_text,
+           "skip mode: JSON file describing the server (command, tool-call parser, GPUs, image), as the vLLM "
+           "image writes it (SERVE_FACTS_FILE); recorded in manifest.json"),
+    Option("runner_image", "BFCL_EXT_RUNNER_IMAGE", "--runner-image", None, _optional_text,
+           "the image bfcl-ext runs from (reference, image ID or SIF path), recorded with its digest "
+           "(default: the Apptainer image it runs in)"),
+    Option("server_image", "BFCL_EXT_SERVER_IMAGE", "--server-image", None, _optional_text,
+           "the server's image (reference, image ID or SIF path), recorded with its digest "
+           "(default: the image named in the server facts)"),
 )
 OPTION_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -172,8 +182,12 @@ class Settings:
     tokenizer: Path | None
     stop_grace: float
     model_revision: str | None
+    server_facts: Path | None
+    runner_image: str | None
+    server_image: str | None
     env_file: Path | None
     slurm_job_id: str | None = None  # SLURM's, not a user setting: seeds the managed server's port
+    apptainer_image: str | None = None  # Apptainer's, not a user setting: the SIF this process runs in
     sources: Mapping[str, str] = field(default_factory=dict)  # setting -> flag / env / .env / default
 
     @property
@@ -220,6 +234,9 @@ def resolve(
     defaults = dict(defaults or {})
     if _boolean(CONTAINER_VARIABLE, environ.get(CONTAINER_VARIABLE, "")):
         defaults.setdefault("skip_vllm", True)
+    apptainer_image = next((environ[name] for name in APPTAINER_VARIABLES if environ.get(name)), None)
+    if apptainer_image:
+        defaults.setdefault("runner_image", apptainer_image)
     dotenv_values, env_path = _read_env_file(env_file)
     raw: dict[str, Any] = {}
     sources: dict[str, str] = {}
@@ -227,7 +244,7 @@ def resolve(
         value, source = _pick(option, flags, environ, dotenv_values, defaults)
         raw[option.name] = value
         sources[option.name] = source
-    return _build(raw, sources, env_path, environ.get("SLURM_JOB_ID"))
+    return _build(raw, sources, env_path, environ.get("SLURM_JOB_ID"), apptainer_image)
 
 
 def _read_env_file(env_file: Path | None) -> tuple[dict[str, str], Path | None]:
@@ -266,7 +283,10 @@ def _pick(
     return option.default, "default"
 
 
-def _build(raw: dict[str, Any], sources: dict[str, str], env_path: Path | None, slurm_job_id: str | None) -> Settings:
+def _build(
+    raw: dict[str, Any], sources: dict[str, str], env_path: Path | None, slurm_job_id: str | None,
+    apptainer_image: str | None,
+) -> Settings:
     endpoint = _endpoint(raw, sources)
     return Settings(
         model=raw["model"],
@@ -289,8 +309,12 @@ def _build(raw: dict[str, Any], sources: dict[str, str], env_path: Path | None, 
         tokenizer=Path(raw["tokenizer"]) if raw["tokenizer"] else None,
         stop_grace=raw["stop_grace"],
         model_revision=raw["model_revision"],
+        server_facts=Path(raw["server_facts"]) if raw["server_facts"] else None,
+        runner_image=raw["runner_image"],
+        server_image=raw["server_image"],
         env_file=env_path,
         slurm_job_id=slurm_job_id,
+        apptainer_image=apptainer_image,
         sources=sources,
     )
 

@@ -39,6 +39,17 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
     return cleaned
 
 
+def flag_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value of ``--flag VALUE`` or ``--flag=VALUE`` in a command line (the last one wins)."""
+    value = None
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
 def redact_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {
         key: (REDACTED if is_secret_name(key) else value)

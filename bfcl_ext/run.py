@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bfcl_ext import bridge, generation, manifest, readiness
+from bfcl_ext import bridge, generation, manifest, provenance, readiness
 from bfcl_ext.config import Settings, require_run_settings
 from bfcl_ext.endpoint import Endpoint
 from bfcl_ext.errors import ConfigError, EntriesFailedError, NotReadyError
@@ -43,6 +43,14 @@ def validate(settings: Settings) -> list[str]:
     if settings.tokenizer is not None and not settings.tokenizer.is_dir():
         raise ConfigError("BFCL_EXT_TOKENIZER/--tokenizer", str(settings.tokenizer), "not a folder")
     return categories
+
+
+def load_server_facts(settings: Settings) -> provenance.ServerFacts | None:
+    """The server facts file of a skip-mode run (a managed server's facts are bfcl-ext's own)."""
+    if settings.server_facts is not None and not settings.skip_vllm:
+        raise ConfigError(provenance.FACTS_SETTING, str(settings.server_facts),
+                          "describes a server bfcl-ext did not start: use it with --skip-vllm")
+    return provenance.load_server_facts(settings.server_facts, settings.model_name_served)
 
 
 def _check_supported(categories: Sequence[str]) -> None:
@@ -127,6 +135,7 @@ def _gate(settings: Settings, server: Server) -> generation.ServerGate:
 
 def run(settings: Settings, environ: Mapping[str, str], argv: Sequence[str], interruptions: Interruptions) -> int:
     categories = validate(settings)
+    server_facts = load_server_facts(settings)
     started = time.time()
     bridge.use_project_root(settings.output_dir / ".bfcl-eval")  # its lock files and empty default folders
     with serving(settings, environ) as server:
@@ -153,7 +162,7 @@ def run(settings: Settings, environ: Mapping[str, str], argv: Sequence[str], int
         answered = bridge.answered_ids(session)
         scores = {} if report.stopped else _score_complete_categories(session, categories, entries, answered, settings)
         context = RunContext(settings, categories, entries, answered, info, server, session, report, repaired,
-                             started, ready_at, time.time(), argv, environ)
+                             started, ready_at, time.time(), argv, environ, server_facts)
         summary = write_outputs(context, scores)
     interruptions.raise_if_stopped()
     print_table(summary)
@@ -211,6 +220,7 @@ class RunContext:
     finished: float
     argv: Sequence[str]
     environ: Mapping[str, str]
+    server_facts: provenance.ServerFacts | None = None
 
 
 def _iso(timestamp: float) -> str:
@@ -288,6 +298,8 @@ def _status(context: RunContext) -> str:
 def _manifest(context: RunContext) -> dict[str, Any]:
     settings = context.settings
     managed = context.server.managed
+    facts = context.server_facts
+    launched_with = manifest.redact_argv(managed.argv if managed else (facts and facts.command) or []) or None
     return {
         "bfcl_eval": bridge.installed_version(),
         **manifest.host_facts(),
@@ -299,7 +311,17 @@ def _manifest(context: RunContext) -> dict[str, Any]:
             "base_url": context.server.endpoint.base_url,
             "version": context.info.version,
             "models": context.info.models_payload,
-            "launched_with": manifest.redact_argv(managed.argv) if managed else None,
+            # managed: the command bfcl-ext ran; skip: the one the server facts file declares
+            "launched_with": launched_with,
+            "tool_call_parser": _tool_call_parser(launched_with, facts),
+            "gpus": manifest.gpus() if managed else (facts.gpus if facts else None),
+            "facts": _facts_record(facts),
+        },
+        "images": {
+            "runner": provenance.image_identity(
+                settings.runner_image, provenance.runner_labels_file(settings.runner_image, settings.apptainer_image)
+            ),
+            "server": provenance.image_identity(settings.server_image or (facts.image if facts else None)),
         },
         "sampling": {
             "temperature_sent": settings.temperature,
@@ -309,7 +331,8 @@ def _manifest(context: RunContext) -> dict[str, Any]:
             ),
             "note": "vLLM raises temperatures below 0.01 to 0.01; without --generation-config vllm it also "
                     "applies the model's generation_config.json defaults (top_k, top_p, repetition_penalty)",
-            "generation_config": _generation_config(managed),
+            "generation_config": (manifest.flag_value(launched_with, "--generation-config") or "auto")
+            if launched_with else None,
         },
         "model": {
             "name": settings.model, "served_as": settings.model_name_served, "handler": context.session.mode,
@@ -324,24 +347,28 @@ def _manifest(context: RunContext) -> dict[str, Any]:
     }
 
 
+def _tool_call_parser(launched_with: list[str] | None, facts: provenance.ServerFacts | None) -> str | None:
+    """From the server's command line, else as the facts file declares it; None: not known (or none)."""
+    if launched_with:
+        return manifest.flag_value(launched_with, "--tool-call-parser")
+    return facts.tool_call_parser if facts else None
+
+
+def _facts_record(facts: provenance.ServerFacts | None) -> dict[str, Any] | None:
+    if facts is None:
+        return None
+    record = dict(facts.values, path=str(facts.path))
+    if facts.command is not None:
+        record["command"] = manifest.redact_argv(facts.command)
+    return record
+
+
 def _served_root(models_payload: Mapping[str, Any], served_name: str) -> str | None:
     """vLLM's /v1/models names what it loaded (`root`: a hub id or a local path)."""
     for model in models_payload.get("data", []):
         if isinstance(model, dict) and model.get("id") == served_name:
             return model.get("root")
     return None
-
-
-def _generation_config(managed: ManagedServer | None) -> str | None:
-    if managed is None:
-        return None  # not knowable from outside the server
-    argv = managed.argv
-    for index, arg in enumerate(argv):
-        if arg == "--generation-config" and index + 1 < len(argv):
-            return argv[index + 1]
-        if arg.startswith("--generation-config="):
-            return arg.split("=", 1)[1]
-    return "auto"
 
 
 def print_table(summary: Mapping[str, Any]) -> None:

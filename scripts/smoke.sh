@@ -15,13 +15,11 @@ fi
 CATEGORIES=${1:-simple_python}
 
 if [ "$mode" = compose ]; then
-    # shellcheck source=scripts/ci/docker-client.sh disable=SC1091  # checked on its own
-    . "$PWD/scripts/ci/docker-client.sh"
     results=${BFCL_EXT_RESULTS_DIR:-./results}
     mkdir -p "$results"
     if [ "$(id -u)" = 0 ]; then chown "${RUNNER_UID:-1000}:${RUNNER_GID:-1000}" "$results"; fi
     BFCL_EXT_TEST_CATEGORY=$CATEGORIES BFCL_EXT_RESULTS_DIR=$results \
-        "$DOCKER" compose -f compose.yaml -f compose.smoke.yaml up --build --exit-code-from runner
+        scripts/compose-up.sh -f compose.yaml -f compose.smoke.yaml
     echo "smoke.sh: summary in $results/summary.json"
     exit 0
 fi

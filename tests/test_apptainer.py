@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from bfcl_ext import __version__ as BFCL_EXT_VERSION
-from bfcl_ext.bridge import sha256_file
+from bfcl_ext.provenance import sha256_file
 from tests.support.vllm_cpu import REPO_ROOT, free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]

