@@ -5,6 +5,7 @@
 # then runs `up --exit-code-from runner`: the runner's exit code is this script's.
 #   scripts/compose-up.sh [COMPOSE_OPTIONS...]   e.g. -f compose.yaml -f compose.cpu.yaml -p my-run
 # Run it where compose.yaml is (the repository root); options go before `up`, as with compose.
+# Needs python3 on the host (to read `docker compose config --format json`).
 set -euo pipefail
 # shellcheck source=scripts/ci/docker-client.sh disable=SC1091  # checked on its own
 . "$(dirname "$0")/ci/docker-client.sh"
@@ -12,10 +13,13 @@ set -euo pipefail
 compose=("$DOCKER" compose "$@")
 "${compose[@]}" build
 
-# image_id SERVICE: the ID of the image SERVICE runs (sha256 of the image's configuration).
+# image_id SERVICE: the ID of the image SERVICE runs (sha256 of the image's configuration). The
+# name comes from the resolved configuration (`config --images SERVICE` lists its dependencies' too).
+services=$("${compose[@]}" config --format json)
 image_id() {
     local image
-    image=$("${compose[@]}" config --images "$1")
+    image=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["services"][sys.argv[2]]["image"])' \
+        "$services" "$1")
     "$DOCKER" image inspect --format '{{.Id}}' "$image"
 }
 BFCL_EXT_RUNNER_IMAGE_ID=$(image_id runner)

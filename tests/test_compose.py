@@ -211,7 +211,8 @@ def test_cpu_vllm_stack_serves_the_tiny_model_to_the_runner(tmp_path: Path, tiny
 
 
 def _image_id(project: str, files: str, service: str, env: dict[str, str]) -> str:
-    image = _compose(project, files, "config", "--images", service, env=env).stdout.strip()
+    image = json.loads(_compose(project, files, "config", "--format", "json", env=env).stdout)["services"][service][
+        "image"]
     return subprocess.run([docker(), "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
                           text=True, check=True).stdout.strip()
 
