@@ -141,15 +141,20 @@ def facts(manifest: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, 
     served_entry = _served_model_entry(server.get("models"), served)
     out["server.model_root"] = _text(served_entry.get("root"))
     out["server.max_model_len"] = _text(served_entry.get("max_model_len"))
-    for flag, value in _launch_flags(server.get("launched_with")).items():
+    flags = _launch_flags(server.get("launched_with"))
+    # one row each, wherever the manifest has it: the parser also from a facts file, the GPUs the server's
+    out["server.tool_call_parser"] = _text(server.get("tool_call_parser") or flags.pop("tool-call-parser", None))
+    flags.pop("tool-call-parser", None)
+    for flag, value in flags.items():
         out[f"vllm.{flag}"] = value
-    out["server.tool_call_parser"] = _text(server.get("tool_call_parser"))
-    out["server.gpus"] = _text(", ".join(server.get("gpus") or []) or None)
-    out["gpus"] = _text(", ".join(manifest.get("gpus") or []) or None)
+    gpus = server["gpus"] if "gpus" in server else manifest.get("gpus")  # older manifests: the host's
+    out["server.gpus"] = _text(", ".join(gpus or []) or None)
     for role, image in (manifest.get("images") or {}).items():
         image = image or {}
         out[f"image.{role}"] = _text(image.get("digest") or image.get("reference"))
+    out["model.revision"] = _text(model.get("revision"))
     out["sampling.temperature_sent"] = _text(sampling.get("temperature_sent"))
+    out["sampling.temperature_effective"] = _text(sampling.get("temperature_effective"))
     out["sampling.generation_config"] = _text(sampling.get("generation_config"))
     categories = manifest.get("categories") or {}
     out["categories"] = ",".join(categories) if categories else _text(",".join(summary.get("categories") or {}) or None)

@@ -172,11 +172,34 @@ def test_settings_that_change_scores_are_named_and_times_and_hosts_are_not(tmp_p
     with compare.load_runs([a, b]) as runs:
         differences = dict(compare.build(runs).differences)
     assert set(differences) == {
-        "bfcl_eval", "server.version", "server.model_root", "vllm.model", "vllm.tool-call-parser",
+        "bfcl_eval", "server.version", "server.model_root", "vllm.model", "server.tool_call_parser",
         "vllm.generation-config", "vllm.max-model-len", "sampling.generation_config", "ground_truth.multiple",
         "limit"}
-    assert differences["vllm.tool-call-parser"] == ["hermes", "qwen3_xml"]
+    assert differences["server.tool_call_parser"] == ["hermes", "qwen3_xml"]
     assert differences["vllm.max-model-len"] == [None, "8192"]
+
+
+def test_skip_mode_facts_revision_gpus_and_images_are_compared(tmp_path: Path) -> None:
+    """What a skip-mode run knows from its server facts file differs like a managed run's flags."""
+    base = copy.deepcopy(MANIFEST)
+    base["server"].update(mode="skip", launched_with=None, tool_call_parser="hermes", gpus=["NVIDIA H100 80GB HBM3"])
+    base["model"]["revision"] = "a1b2c3d"
+    base["images"] = {"runner": None, "server": {"reference": "vllm:local", "digest": "sha256:" + "1" * 64}}
+    other = copy.deepcopy(base)
+    other["server"].update(tool_call_parser="qwen3_xml", gpus=["NVIDIA H200", "NVIDIA H200"])
+    other["model"]["revision"] = "e5f6a7b"
+    other["images"]["server"]["digest"] = "sha256:" + "2" * 64
+    other["gpus"] = []  # the runner's host: not what scores depend on
+    a = _folder(tmp_path / "a", SUMMARY, base)
+    b = _folder(tmp_path / "b", SUMMARY, other)
+    with compare.load_runs([a, b]) as runs:
+        differences = dict(compare.build(runs).differences)
+    assert differences == {
+        "server.tool_call_parser": ["hermes", "qwen3_xml"],
+        "server.gpus": ["NVIDIA H100 80GB HBM3", "NVIDIA H200, NVIDIA H200"],
+        "model.revision": ["a1b2c3d", "e5f6a7b"],
+        "image.server": ["sha256:" + "1" * 64, "sha256:" + "2" * 64],
+    }
 
 
 def test_categories_only_one_run_has_show_once(tmp_path: Path) -> None:
