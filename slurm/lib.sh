@@ -179,7 +179,7 @@ job_state() {
 # alone (a `--signal=B:...` time-limit warning, `scancel --batch`, or a parent script passing it
 # on): the job still RUNNING. When the job is being cancelled, has timed out or is preempted,
 # SLURM signals every process of the job, bfcl-ext included, and passing the signal on would
-# deliver it twice (bfcl-ext takes a second SIGTERM as "stop now").
+# deliver it twice (bfcl-ext takes a second SIGTERM more than 2 s after the first as "stop now").
 signal_for_batch_only() {
     [ -z "${SLURM_JOB_ID:-}" ] && return 0
     local state
