@@ -297,32 +297,15 @@ def _status(context: RunContext) -> str:
 
 def _manifest(context: RunContext) -> dict[str, Any]:
     settings = context.settings
-    managed = context.server.managed
-    facts = context.server_facts
-    launched_with = manifest.redact_argv(managed.argv if managed else (facts and facts.command) or []) or None
+    launched_with = _launched_with(context.server.managed, context.server_facts)
     return {
         "bfcl_eval": bridge.installed_version(),
         **manifest.host_facts(),
         "command": manifest.redact_argv(context.argv),
         "settings": settings.redacted(),
         "environment": manifest.redact_environment(context.environ),
-        "server": {
-            "mode": "managed" if managed else "skip",
-            "base_url": context.server.endpoint.base_url,
-            "version": context.info.version,
-            "models": context.info.models_payload,
-            # managed: the command bfcl-ext ran; skip: the one the server facts file declares
-            "launched_with": launched_with,
-            "tool_call_parser": _tool_call_parser(launched_with, facts),
-            "gpus": manifest.gpus() if managed else (facts.gpus if facts else None),
-            "facts": _facts_record(facts),
-        },
-        "images": {
-            "runner": provenance.image_identity(
-                settings.runner_image, provenance.runner_labels_file(settings.runner_image, settings.apptainer_image)
-            ),
-            "server": provenance.image_identity(settings.server_image or (facts.image if facts else None)),
-        },
+        "server": _server_record(context, launched_with),
+        "images": _images_record(settings, context.server_facts),
         "sampling": {
             "temperature_sent": settings.temperature,
             # a server that answers /version is vLLM here; others' clamping is unknown
@@ -331,8 +314,7 @@ def _manifest(context: RunContext) -> dict[str, Any]:
             ),
             "note": "vLLM raises temperatures below 0.01 to 0.01; without --generation-config vllm it also "
                     "applies the model's generation_config.json defaults (top_k, top_p, repetition_penalty)",
-            "generation_config": (manifest.flag_value(launched_with, "--generation-config") or "auto")
-            if launched_with else None,
+            "generation_config": _generation_config(launched_with),
         },
         "model": {
             "name": settings.model, "served_as": settings.model_name_served, "handler": context.session.mode,
@@ -345,6 +327,40 @@ def _manifest(context: RunContext) -> dict[str, Any]:
         "started_at": _iso(context.started),
         "finished_at": _iso(context.finished),
     }
+
+
+def _launched_with(managed: ManagedServer | None, facts: provenance.ServerFacts | None) -> list[str] | None:
+    """Managed: the command bfcl-ext ran; skip: the one the server facts declare; None: not known."""
+    argv = managed.argv if managed else (facts.command if facts else None)
+    return manifest.redact_argv(argv) if argv else None
+
+
+def _server_record(context: RunContext, launched_with: list[str] | None) -> dict[str, Any]:
+    managed, facts = context.server.managed, context.server_facts
+    return {
+        "mode": "managed" if managed else "skip",
+        "base_url": context.server.endpoint.base_url,
+        "version": context.info.version,
+        "models": context.info.models_payload,
+        "launched_with": launched_with,
+        "tool_call_parser": _tool_call_parser(launched_with, facts),
+        "gpus": manifest.gpus() if managed else (facts.gpus if facts else None),
+        "facts": _facts_record(facts),
+    }
+
+
+def _images_record(settings: Settings, facts: provenance.ServerFacts | None) -> dict[str, Any]:
+    labels = provenance.runner_labels_file(settings.runner_image, settings.apptainer_image)
+    return {
+        "runner": provenance.image_identity(settings.runner_image, labels),
+        "server": provenance.image_identity(settings.server_image or (facts.image if facts else None)),
+    }
+
+
+def _generation_config(launched_with: list[str] | None) -> str | None:
+    if not launched_with:
+        return None  # not knowable from outside the server
+    return manifest.flag_value(launched_with, "--generation-config") or "auto"  # vLLM's default
 
 
 def _tool_call_parser(launched_with: list[str] | None, facts: provenance.ServerFacts | None) -> str | None:
