@@ -21,9 +21,11 @@ from tests.support.docker_env import (
     COMPOSE_FILES,
     REPO_ROOT,
     compose_command,
-    docker,
     docker_environment,
+    engine,
     ensure_engine,
+    image_id,
+    project_containers,
 )
 
 SMOKE = "-f compose.yaml -f compose.smoke.yaml"
@@ -102,20 +104,14 @@ def test_smoke_stack_scores_simple_python_at_100_percent(smoke_env: dict[str, st
 
 
 def _project_containers(project: str) -> list[str]:
-    out = subprocess.run([docker(), "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
-                         capture_output=True, text=True, check=True).stdout
-    return out.split()
+    return [container.id for container in project_containers(project)]
 
 
 def _container(project: str, service: str) -> dict:
-    ids = subprocess.run(
-        [docker(), "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}",
-         "--filter", f"label=com.docker.compose.service={service}"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()
-    assert ids, f"no {service} container in {project}"
-    return json.loads(subprocess.run([docker(), "inspect", ids[0]], capture_output=True, text=True,
-                                     check=True).stdout)[0]
+    """`docker inspect` of the service's container."""
+    found = project_containers(project, service)
+    assert found, f"no {service} container in {project}"
+    return found[0].attrs
 
 
 @pytest.fixture
@@ -211,10 +207,8 @@ def test_cpu_vllm_stack_serves_the_tiny_model_to_the_runner(tmp_path: Path, tiny
 
 
 def _image_id(project: str, files: str, service: str, env: dict[str, str]) -> str:
-    image = json.loads(_compose(project, files, "config", "--format", "json", env=env).stdout)["services"][service][
-        "image"]
-    return subprocess.run([docker(), "image", "inspect", "--format", "{{.Id}}", image], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    config = json.loads(_compose(project, files, "config", "--format", "json", env=env).stdout)
+    return image_id(config["services"][service]["image"])
 
 
 def test_runner_alone_against_a_server_elsewhere(smoke_env: dict[str, str]) -> None:
@@ -226,20 +220,19 @@ def test_runner_alone_against_a_server_elsewhere(smoke_env: dict[str, str]) -> N
     try:
         _compose(project, SMOKE, "build", "runner", env=env)
         _compose(project, SMOKE, "create", "runner", env=env)  # the project's network, nothing started
-        subprocess.run([docker(), "run", "-d", "--rm", "--name", server, "--network", f"{project}_bfcl",
-                        "bfcl-ext-runner:local", "standin", "--host", "0.0.0.0", "--port", "9000",
-                        "--served-model-name", "elsewhere-model"], check=True, capture_output=True)
+        engine().containers.run("bfcl-ext-runner:local", ["standin", "--host", "0.0.0.0", "--port", "9000",
+                                "--served-model-name", "elsewhere-model"], name=server, network=f"{project}_bfcl",
+                                detach=True, auto_remove=True)
         done = _compose(project, SMOKE, "run", "--rm", "--no-deps", "-e", f"VLLM_ENDPOINT={server}",
                         "-e", "VLLM_PORT=9000", "runner", "run", env=env, check=False)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
         summary = json.loads((results / "summary.json").read_text())
         assert summary["endpoint"] == f"http://{server}:9000/v1"
         assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 20, "total": 20}
-        running = subprocess.run([docker(), "ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
-                                  "--filter", "label=com.docker.compose.service=vllm"],
-                                 capture_output=True, text=True, check=True).stdout.split()
+        running = [c.name for c in project_containers(project, "vllm") if c.status == "running"]
         assert running == [], "the vllm service was started"
     finally:
-        subprocess.run([docker(), "rm", "-f", server], capture_output=True, check=False)
+        for container in engine().containers.list(all=True, filters={"name": f"^{server}$"}):
+            container.remove(force=True)
         _compose(project, SMOKE, "down", "--remove-orphans", env=env, check=False)
     assert _project_containers(project) == []

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import clean_environment
-from tests.support.docker_env import REPO_ROOT, docker, docker_environment, ensure_engine
+from tests.support.docker_env import REPO_ROOT, docker_environment, ensure_engine, image_id
 from tests.support.vllm_cpu import free_port
 
 
@@ -33,8 +33,7 @@ def test_compose_smoke_script(tmp_path: Path) -> None:
         summary = json.loads((results / "summary.json").read_text())
         assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 20, "total": 20}
         images = json.loads((results / "manifest.json").read_text())["images"]
-        runner_id = subprocess.run([docker(), "image", "inspect", "--format", "{{.Id}}", "bfcl-ext-runner:local"],
-                                   capture_output=True, text=True, check=True).stdout.strip()
+        runner_id = image_id("bfcl-ext-runner:local")
         assert images["runner"]["digest"] == runner_id
         assert images["server"]["digest"] == runner_id  # the stand-in runs from the runner image
     finally:

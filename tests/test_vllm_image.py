@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.docker_env import image_size
 from tests.support.vllm_cpu import REPO_ROOT, ensure_tiny_model
 
 BASE_IMAGE = os.environ.get("BFCL_EXT_VLLM_CPU_IMAGE", "bfcl-ext-local/vllm-cpu:0.32.0")
@@ -121,8 +122,7 @@ def image() -> str:
         str(DOCKERFILE.parent), timeout=600, env=env,
     )  # fmt: skip
     built_s = time.monotonic() - t0
-    size = int(docker("image", "inspect", "-f", "{{.Size}}", IMAGE).stdout)
-    base_size = int(docker("image", "inspect", "-f", "{{.Size}}", BASE_IMAGE).stdout)
+    size, base_size = image_size(IMAGE), image_size(BASE_IMAGE)
     _measure("thin layer build", f"{built_s:.1f} s")
     _measure("image size", f"{size / 1e9:.3f} GB; over its base: {(size - base_size) / 1e3:.1f} kB")
     return IMAGE

@@ -1,11 +1,20 @@
-"""The Docker engine and Compose v2 as the tests use them (set up by scripts/ci/setup-docker.sh)."""
+"""The Docker engine and Compose v2 as the tests use them (set up by scripts/ci/setup-docker.sh).
+
+Builds and compose run through the CLI (BuildKit, Compose v2); what the tests inspect
+(containers, images) comes from the engine's API through the Docker SDK.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
+
+from docker import DockerClient, from_env
+from docker.errors import DockerException, ImageNotFound
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_PYTHON_BASE = "bfcl-ext-local/python:3.11-bookworm"
@@ -28,14 +37,43 @@ def compose_command() -> list[str]:
     return [docker(), "compose"]
 
 
+@functools.cache
+def engine() -> DockerClient:
+    """The Docker SDK's client of the engine (DOCKER_HOST, else the default socket)."""
+    try:
+        client = from_env()
+        client.ping()
+    except DockerException as error:
+        raise AssertionError(f"no Docker engine ({str(error)[:200]}): run scripts/ci/setup-docker.sh") from None
+    return client
+
+
 def ensure_engine() -> None:
     """Fail loudly, with the fix, when the engine, Compose v2 or the local base image is missing."""
-    info = subprocess.run([docker(), "info"], capture_output=True, text=True, check=False)
-    assert info.returncode == 0, f"no Docker engine ({info.stderr.strip()[:200]}): run scripts/ci/setup-docker.sh"
+    engine()
     version = subprocess.run([*compose_command(), "version"], capture_output=True, text=True, check=False)
     assert version.returncode == 0 and "v2." in version.stdout, "Compose v2 missing: run scripts/ci/setup-docker.sh"
-    base = subprocess.run([docker(), "image", "inspect", LOCAL_PYTHON_BASE], capture_output=True, check=False)
-    assert base.returncode == 0, f"{LOCAL_PYTHON_BASE} missing: run scripts/ci/setup-docker.sh"
+    try:
+        engine().images.get(LOCAL_PYTHON_BASE)
+    except ImageNotFound:
+        raise AssertionError(f"{LOCAL_PYTHON_BASE} missing: run scripts/ci/setup-docker.sh") from None
+
+
+def image_id(name: str) -> str:
+    """The image's ID (sha256 of its configuration), as `docker image inspect` shows it."""
+    return engine().images.get(name).id
+
+
+def image_size(name: str) -> int:
+    return int(engine().images.get(name).attrs["Size"])
+
+
+def project_containers(project: str, service: str | None = None) -> list[Any]:
+    """A compose project's containers, stopped ones too (optionally one service's)."""
+    labels = [f"com.docker.compose.project={project}"]
+    if service:
+        labels.append(f"com.docker.compose.service={service}")
+    return engine().containers.list(all=True, filters={"label": labels})
 
 
 def docker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
