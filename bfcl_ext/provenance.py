@@ -113,5 +113,8 @@ def image_identity(reference: str | None, labels_file: Path | None = None) -> di
 
 
 def runner_labels_file(runner_image: str | None, apptainer_image: str | None) -> Path | None:
-    """This container's labels, when the runner image is the Apptainer image we run in."""
-    return APPTAINER_LABELS if runner_image and runner_image == apptainer_image else None
+    """This container's labels, when the runner image is the Apptainer image we run in (its digest
+    added or not: slurm/runner.sbatch hashes the SIF on the host, where its path is always valid)."""
+    if not runner_image or not apptainer_image:
+        return None
+    return APPTAINER_LABELS if runner_image.split("@sha256:", 1)[0] == apptainer_image else None

@@ -286,3 +286,38 @@ set_paths() {
     STATUS_FILE=${STATUS_FILE%/*}/server-status.env
     mkdir -p "$SLURM_OUT" "${ENDPOINT_FILE%/*}"
 }
+
+# Image digests for the manifest. hash_image_in_background REF: when REF names an image file (a
+# SIF), sha256sum it in the background -- a server image can be gigabytes on a shared filesystem,
+# and the job has waiting to do meanwhile. take_image_reference then sets IMAGE_REFERENCE to
+# REF@sha256:HEX (bfcl-ext records the digest), or to REF as it is (not a file, unreadable, or
+# already REF@sha256:...). Call take_image_reference in this shell, not in $(...): it waits for
+# a child of this shell.
+hash_image_in_background() {
+    IMAGE_REFERENCE=$1
+    HASH_PID=
+    HASH_OUT=
+    case $1 in '' | *@sha256:*) return 0 ;; esac
+    { [ -f "$1" ] && [ -r "$1" ]; } || return 0
+    HASH_OUT=$(mktemp "${TMPDIR:-/tmp}/bfcl-image-digest.XXXXXX")
+    sha256sum -- "$1" >"$HASH_OUT" 2>/dev/null &
+    HASH_PID=$!
+}
+
+take_image_reference() {
+    local hex=
+    [ -n "${HASH_PID:-}" ] || return 0
+    wait "$HASH_PID" 2>/dev/null || true
+    hex=$(cut -d' ' -f1 "$HASH_OUT" 2>/dev/null || true)
+    rm -f "$HASH_OUT"
+    HASH_PID=
+    if [[ $hex =~ ^[0-9a-f]{64}$ ]]; then
+        IMAGE_REFERENCE="$IMAGE_REFERENCE@sha256:$hex"
+    fi
+}
+
+# stop_image_hash: on exit, no hashing left behind.
+stop_image_hash() {
+    if [ -n "${HASH_PID:-}" ]; then kill "$HASH_PID" 2>/dev/null || true; fi
+    if [ -n "${HASH_OUT:-}" ]; then rm -f "$HASH_OUT"; fi
+}

@@ -205,13 +205,16 @@ def test_two_job_flow(cluster: SlurmCluster, tmp_path: Path) -> None:
 
 
 def test_two_job_flow_without_dependency(cluster: SlurmCluster, tmp_path: Path) -> None:
-    """Also: the server started by the vLLM image's entrypoint, whose facts reach the runner's manifest."""
+    """Also: the server started by the vLLM image's entrypoint, whose facts reach the runner's manifest,
+    and both image files hashed by the job scripts (on the host, where their paths are valid)."""
     output = tmp_path / "out"
-    image = tmp_path / "vllm.sif"
+    image, runner_image = tmp_path / "vllm.sif", tmp_path / "runner.sif"
     image.write_bytes(b"stands for a server image")
+    runner_image.write_bytes(b"stands for the runner image")
     env = cluster.job_env({
         "BFCL_EXT_SERVER_COMMAND": f"bash {REPO_ROOT / 'docker' / 'vllm' / 'entrypoint.sh'}",
         "SERVE_COMMAND": f"{BFCL_EXT_BIN} standin", "SERVE_TOOL_CALL_PARSER": "qwen3_xml", "SERVE_IMAGE": str(image),
+        "BFCL_EXT_RUNNER_IMAGE": str(runner_image),
     })
     ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "50",
                          "--no-dependency", env=env)
@@ -225,7 +228,10 @@ def test_two_job_flow_without_dependency(cluster: SlurmCluster, tmp_path: Path) 
     assert server["facts"]["path"] == str(output / "slurm" / f"server-{ids['server']}.json")
     assert server["launched_with"][-2:] == ["--generation-config", "vllm"]
     images = json.loads((output / "manifest.json").read_text())["images"]
-    assert images["server"] == {"reference": str(image), "digest": "sha256:" + sha256_file(image)}
+    for role, path in (("server", image), ("runner", runner_image)):
+        digest = "sha256:" + sha256_file(path)
+        assert images[role] == {"reference": f"{path}@{digest}", "digest": digest}, role
+    assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("bfcl-image-digest.*")), "hash files left behind"
 
 
 def test_hetjob_flow(cluster: SlurmCluster, tmp_path: Path) -> None:
