@@ -362,6 +362,11 @@ def test_runner_sif_scores_the_standin_into_a_bound_folder(runner_sif: Sif, stan
     assert summary["mode"] == "skip", "skip mode is the image's default"
     assert summary["endpoint"] == f"http://127.0.0.1:{standin.port}/v1"
     assert (results / "manifest.json").is_file() and (results / "score").is_dir()
+    # The manifest names the SIF it ran from, with the labels that name the Docker image it was built
+    # from (the SIF's own path is not bound inside, so only a host-side hash could add its digest).
+    runner_image = json.loads((results / "manifest.json").read_text())["images"]["runner"]
+    assert runner_image["reference"] == "/sif/runner.sif" and runner_image["digest"] is None, runner_image
+    assert runner_image["labels"]["org.bfcl-ext.image-id"] == runner_sif.image_id, runner_image
     assert (results / "summary.json").stat().st_uid == BUILDER_UID, "written by the user who ran apptainer"
     assert sha256_file(runner_sif.path) == before, "the SIF changed"
 
