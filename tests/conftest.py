@@ -118,6 +118,17 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def assert_outputs_match_schemas(output_dir: Path) -> None:
+    """summary.json and manifest.json as schemas/ documents them."""
+    from jsonschema import Draft202012Validator
+
+    for name in ("summary", "manifest"):
+        schema = read_json(REPO_ROOT / "schemas" / f"{name}.schema.json")
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+                  for e in Draft202012Validator(schema).iter_errors(read_json(output_dir / f"{name}.json"))]
+        assert not errors, f"{name}.json does not match schemas/{name}.schema.json: {errors[:5]}"
+
+
 def result_lines(output_dir: Path) -> list[dict[str, Any]]:
     """Every line of every BFCL result file under ``output_dir`` (each must parse)."""
     lines: list[dict[str, Any]] = []

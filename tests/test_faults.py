@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import (
+    assert_outputs_match_schemas,
     BFCL_EXT,
     StandinProcess,
     clean_environment,
@@ -221,6 +222,7 @@ def test_server_dies_for_good_then_the_same_command_finishes(standin_factory: An
     assert summary["entries"]["failed"] > 0
     assert set(summary["entries"]["failed_ids"]) <= missing
     assert summary["categories"][CATEGORY]["accuracy"] is None  # a partial category is never scored
+    assert_outputs_match_schemas(out)
 
     second = standin_factory(port=first.port)
     result = cli(args, env, tmp_path, timeout=120)
@@ -314,6 +316,7 @@ def test_signal_during_generation_stops_cleanly(
     summary = read_json(out / "summary.json")
     assert summary["status"] == "interrupted", summary["status"]
     assert summary["entries"]["answered"] == len(kept)
+    assert_outputs_match_schemas(out)
     before = standin.stats()
 
     result = cli(run_args(out, "--num-threads", "64"), env, tmp_path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bfcl_ext.server import choose_port, server_command
-from tests.conftest import BFCL_EXT, clean_environment, read_json, run_bfcl_ext
+from tests.conftest import assert_outputs_match_schemas, BFCL_EXT, clean_environment, read_json, run_bfcl_ext
 from tests.support.vllm_cpu import free_port
 
 STANDIN_AS_VLLM = f"{sys.executable} -m bfcl_ext.standin"
@@ -66,6 +66,7 @@ def test_managed_run_starts_the_server_scores_and_stops_it(tmp_path: Path) -> No
     assert value("--served-model-name") == "org/managed_model" and value("--generation-config") == "vllm"
     assert value("--revision") == "a1b2c3d"
     assert read_json(tmp_path / "out" / "manifest.json")["server"]["tool_call_parser"] == "hermes"
+    assert_outputs_match_schemas(tmp_path / "out")
     assert not _listening(port)
 
 

@@ -19,7 +19,7 @@ import pytest
 from bfcl_ext import compare
 from bfcl_ext.errors import EXIT_CONFIG, ConfigError
 from bfcl_ext.provenance import image_identity, load_server_facts
-from tests.conftest import clean_environment, read_json, run_bfcl_ext, start_standin
+from tests.conftest import assert_outputs_match_schemas, clean_environment, read_json, run_bfcl_ext, start_standin
 
 ENTRYPOINT = Path(__file__).resolve().parents[1] / "docker" / "vllm" / "entrypoint.sh"
 MODEL = "facts-model"
@@ -77,6 +77,7 @@ def test_entrypoint_writes_the_facts_and_a_skip_run_records_them(tmp_path: Path,
                                             "digest": "sha256:" + hashlib.sha256(b"an image file").hexdigest()}
     assert manifest["images"]["runner"] is None
     assert "hunter2-secret" not in (out / "manifest.json").read_text()
+    assert_outputs_match_schemas(out)
 
     recorded = compare.facts(manifest, read_json(out / "summary.json"))
     assert recorded["server.tool_call_parser"] == "qwen3_xml"
@@ -92,6 +93,7 @@ def test_without_a_facts_file_the_parser_is_not_guessed(tmp_path: Path, standin_
     assert (server["tool_call_parser"], server["launched_with"], server["gpus"], server["facts"]) == (None,) * 4
     assert manifest["sampling"]["generation_config"] is None
     assert manifest["images"] == {"runner": None, "server": None}
+    assert_outputs_match_schemas(tmp_path / "out")
 
 
 def test_a_hand_written_facts_file_is_redacted_and_images_given_as_settings_win(
@@ -114,6 +116,7 @@ def test_a_hand_written_facts_file_is_redacted_and_images_given_as_settings_win(
     # inside Apptainer the runner's own image is the SIF it runs from
     assert manifest["images"]["runner"] == {"reference": str(sif),
                                             "digest": "sha256:" + hashlib.sha256(b"runner image").hexdigest()}
+    assert_outputs_match_schemas(out)
 
 
 @pytest.mark.parametrize(("content", "message"), [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -51,3 +52,25 @@ def test_help_does_not_import_bfcl_eval_or_openai() -> None:
     assert done.returncode == 0, done.stderr
     assert "run" in done.stdout and "check" in done.stdout
     assert time.monotonic() - started < 5  # generous: the benchmark reports the real figure
+
+
+def test_output_schemas_are_json_schemas_that_catch_bad_values() -> None:
+    """schemas/ documents summary.json and manifest.json (real runs are checked against them in the
+    run tests); here: they are valid schemas, and they reject what they should."""
+    from jsonschema import Draft202012Validator
+
+    validators = {}
+    for name in ("summary", "manifest"):
+        schema = json.loads((REPO_ROOT / "schemas" / f"{name}.schema.json").read_text())
+        Draft202012Validator.check_schema(schema)
+        validators[name] = Draft202012Validator(schema)
+
+    def paths(name: str, document: dict) -> set[tuple]:
+        return {tuple(error.absolute_path) for error in validators[name].iter_errors(document)}
+
+    assert ("status",) in paths("summary", {"status": "done"})
+    assert ("categories", "simple_python") in paths(
+        "summary", {"categories": {"simple_python": {"accuracy": 1.5, "correct": 1, "total": 1}}})
+    assert ("images", "runner") in paths("manifest", {"images": {"runner": {"reference": "r", "digest": "abc"}}})
+    assert ("categories", "multiple", "dataset") in paths(
+        "manifest", {"categories": {"multiple": {"dataset": "not-a-hash", "ground_truth": None}}})
