@@ -234,6 +234,19 @@ def test_two_job_flow_without_dependency(cluster: SlurmCluster, tmp_path: Path) 
     assert not list(Path(os.environ.get("TMPDIR", "/tmp")).glob("bfcl-image-digest.*")), "hash files left behind"
 
 
+def test_an_image_path_the_endpoint_file_cannot_hold_is_left_out(cluster: SlurmCluster, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    image = tmp_path / "my images" / "vllm.sif"
+    image.parent.mkdir()
+    image.write_bytes(b"image")
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "5",
+                         env=cluster.job_env({"SERVE_IMAGE": str(image)}))
+    assert cluster.wait(ids["runner"]).exit_code == 0, job_logs(output)
+    _check_complete(output, total=5)
+    assert "has characters the endpoint file cannot hold: the image is not recorded" in job_logs(output)
+    assert json.loads((output / "manifest.json").read_text())["images"]["server"] is None
+
+
 def test_hetjob_flow(cluster: SlurmCluster, tmp_path: Path) -> None:
     output = tmp_path / "out"
     with FirstRequestWatch(output) as watch:
