@@ -143,8 +143,8 @@ def facts(manifest: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, 
     out["server.max_model_len"] = _text(served_entry.get("max_model_len"))
     flags = _launch_flags(server.get("launched_with"))
     # one row each, wherever the manifest has it: the parser also from a facts file, the GPUs the server's
-    out["server.tool_call_parser"] = _text(server.get("tool_call_parser") or flags.pop("tool-call-parser", None))
-    flags.pop("tool-call-parser", None)
+    parser_flag = flags.pop("tool-call-parser", None)
+    out["server.tool_call_parser"] = _text(server.get("tool_call_parser") or parser_flag)
     for flag, value in flags.items():
         out[f"vllm.{flag}"] = value
     gpus = server["gpus"] if "gpus" in server else manifest.get("gpus")  # older manifests: the host's

@@ -298,13 +298,14 @@ def _status(context: RunContext) -> str:
 def _manifest(context: RunContext) -> dict[str, Any]:
     settings = context.settings
     launched_with = _launched_with(context.server.managed, context.server_facts)
+    host = manifest.host_facts()
     return {
         "bfcl_eval": bridge.installed_version(),
-        **manifest.host_facts(),
+        **host,
         "command": manifest.redact_argv(context.argv),
         "settings": settings.redacted(),
         "environment": manifest.redact_environment(context.environ),
-        "server": _server_record(context, launched_with),
+        "server": _server_record(context, launched_with, host["gpus"]),
         "images": _images_record(settings, context.server_facts),
         "sampling": {
             "temperature_sent": settings.temperature,
@@ -335,7 +336,8 @@ def _launched_with(managed: ManagedServer | None, facts: provenance.ServerFacts 
     return manifest.redact_argv(argv) if argv else None
 
 
-def _server_record(context: RunContext, launched_with: list[str] | None) -> dict[str, Any]:
+def _server_record(context: RunContext, launched_with: list[str] | None, host_gpus: list[str]) -> dict[str, Any]:
+    """``host_gpus``: this host's, which a managed server runs on."""
     managed, facts = context.server.managed, context.server_facts
     return {
         "mode": "managed" if managed else "skip",
@@ -344,7 +346,7 @@ def _server_record(context: RunContext, launched_with: list[str] | None) -> dict
         "models": context.info.models_payload,
         "launched_with": launched_with,
         "tool_call_parser": _tool_call_parser(launched_with, facts),
-        "gpus": manifest.gpus() if managed else (facts.gpus if facts else None),
+        "gpus": host_gpus if managed else (facts.gpus if facts else None),
         "facts": _facts_record(facts),
     }
 
