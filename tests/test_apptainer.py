@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +36,8 @@ import pytest
 
 from bfcl_ext import __version__ as BFCL_EXT_VERSION
 from bfcl_ext.provenance import sha256_file
+from tests.support.docker_env import docker, run_docker
+from tests.support.tools import assert_tool_passes
 from tests.support.vllm_cpu import REPO_ROOT, free_port
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1200)]
@@ -71,28 +72,6 @@ def _measure(what: str, value: str) -> None:
     print(f"\n[apptainer] {what}: {value}", file=sys.stderr)
 
 
-def _docker_bin() -> str:
-    # Debian's client (20.10) matches the engine and builds with BuildKit.
-    found = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker")
-    assert found, "no docker client: run scripts/ci/setup-docker.sh"
-    return found
-
-
-def docker(*args: str, check: bool = True, timeout: float = 120, env: Mapping[str, str] | None = None):
-    done = subprocess.run([_docker_bin(), *args], capture_output=True, text=True, timeout=timeout, check=False, env=env)
-    if check and done.returncode != 0:
-        pytest.fail(
-            f"docker {' '.join(args[:3])} ... failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        )
-    return done
-
-
-def _tool(name: str) -> str:
-    found = shutil.which(name) or str(Path(sys.executable).with_name(name))
-    assert Path(found).exists(), f"{name} is not installed: run scripts/install.sh --test (requirements/test.txt)"
-    return found
-
-
 def _sections(definition: Path) -> dict[str, str]:
     """A definition file's header (under "") and its %sections, by name."""
     sections: dict[str, list[str]] = {"": []}
@@ -123,16 +102,14 @@ def _owned_by_builder(path: Path) -> Path:
 
 def test_scripts_are_shellcheck_clean() -> None:
     scripts = [BUILD_TOOL, BUILD_SIF]
-    done = subprocess.run([_tool("shellcheck"), *map(str, scripts)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_tool_passes("shellcheck", *scripts)
     for script in scripts:
         assert "set -euo pipefail" in script.read_text(), script
         assert os.access(script, os.X_OK), f"{script} is not executable"
 
 
 def test_tool_dockerfile_is_hadolint_clean() -> None:
-    done = subprocess.run([_tool("hadolint"), str(TOOL_DOCKERFILE)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_tool_passes("hadolint", TOOL_DOCKERFILE)
 
 
 @pytest.mark.parametrize("definition", [RUNNER_DEF, VLLM_DEF], ids=lambda p: p.name)
@@ -209,9 +186,9 @@ def test_build_script_refuses_bad_arguments(args: list[str], message: str) -> No
 
 @pytest.fixture(scope="module")
 def tool_image() -> str:
-    if docker("info", check=False, timeout=30).returncode != 0:
+    if run_docker("info", check=False, timeout=30).returncode != 0:
         pytest.fail("the docker engine does not answer: run scripts/ci/setup-docker.sh")
-    if docker("image", "inspect", TOOL_IMAGE, check=False).returncode != 0:
+    if run_docker("image", "inspect", TOOL_IMAGE, check=False).returncode != 0:
         pytest.fail(f"the Apptainer tool image {TOOL_IMAGE} is missing: run {BUILD_TOOL.relative_to(REPO_ROOT)} "
                     "before the tests (about 20 s; needs deb.debian.org)")  # fmt: skip
     # Present: make sure it is the current Dockerfile's (a no-op when it is).
@@ -225,9 +202,9 @@ def tool_image() -> str:
 def _build_image(tag: str, dockerfile: Path, context: Path, build_args: Sequence[str]) -> str:
     t0 = time.monotonic()
     args = [a for pair in (("--build-arg", b) for b in build_args) for a in pair]
-    docker("build", "--file", str(dockerfile), *args, "--tag", tag, str(context), timeout=900,
+    run_docker("build", "--file", str(dockerfile), *args, "--tag", tag, str(context), timeout=900,
            env=dict(os.environ, DOCKER_BUILDKIT="1"))  # fmt: skip
-    image_id = docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()
+    image_id = run_docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.strip()
     _measure(f"docker build {tag}", f"{time.monotonic() - t0:.1f} s ({image_id[:19]})")
     return image_id
 
@@ -272,7 +249,7 @@ def runner_sif(tool_image: str) -> Sif:
 
 @pytest.fixture(scope="module")
 def vllm_sif(tool_image: str) -> Sif:
-    if docker("image", "inspect", VLLM_CPU_BASE, check=False).returncode != 0:
+    if run_docker("image", "inspect", VLLM_CPU_BASE, check=False).returncode != 0:
         pytest.fail(f"the CPU base {VLLM_CPU_BASE} is missing: run scripts/ci/build-vllm-cpu-base.sh before the "
                     "tests (about 3 minutes, then cached)")  # fmt: skip
     dockerfile = REPO_ROOT / "docker" / "vllm" / "Dockerfile"
@@ -292,7 +269,7 @@ def apptainer(
     """``apptainer ARGS`` in the tool image, as its non-root user, on the host's network; ``env``
     is the environment Apptainer itself sees (the "host" environment of the container)."""
     name = f"bfcl-ext-apptainer-{uuid.uuid4().hex[:10]}"
-    command = [_docker_bin(), "run", "--rm", "--name", name, "--network", "host", *SECURITY, *FUSE]
+    command = [docker(), "run", "--rm", "--name", name, "--network", "host", *SECURITY, *FUSE]
     for source, target in volumes.items():
         command += ["--volume", f"{source}:{target}"]
     for key in env or {}:
@@ -303,7 +280,7 @@ def apptainer(
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, env=client_env)
     finally:
-        subprocess.run([_docker_bin(), "rm", "-f", name], capture_output=True, check=False)
+        subprocess.run([docker(), "rm", "-f", name], capture_output=True, check=False)
     if check and done.returncode != 0:
         pytest.fail(f"apptainer {' '.join(args)} -> {done.returncode}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     return done
@@ -447,10 +424,10 @@ def served_vllm_sif(vllm_sif: Sif, tiny_model_dir: Path) -> Iterator[tuple[str, 
         TOOL_IMAGE, "apptainer", "run", "--bind", "/models/tiny:/models/tiny:ro", "/sif/vllm.sif",
     ]  # fmt: skip
     try:
-        docker(*command, env=dict(os.environ, **env))
+        run_docker(*command, env=dict(os.environ, **env))
         yield name, port, key
     finally:
-        docker("rm", "--force", name, check=False)
+        run_docker("rm", "--force", name, check=False)
 
 
 def test_vllm_sif_serves_the_tiny_model(served_vllm_sif: tuple[str, int, str]) -> None:
@@ -462,8 +439,8 @@ def test_vllm_sif_serves_the_tiny_model(served_vllm_sif: tuple[str, int, str]) -
                 break
         except (urllib.error.URLError, OSError):
             pass
-        state = docker("inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name).stdout.split()
-        logs = docker("logs", "--tail", "60", name, check=False)
+        state = run_docker("inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name).stdout.split()
+        logs = run_docker("logs", "--tail", "60", name, check=False)
         if state[0] != "true":
             pytest.fail(
                 f"apptainer run vllm.sif exited ({state[1]}) before /health was 200:\n{logs.stdout}{logs.stderr}"
@@ -475,14 +452,14 @@ def test_vllm_sif_serves_the_tiny_model(served_vllm_sif: tuple[str, int, str]) -
     status, body = _http(f"http://127.0.0.1:{port}/v1/models", key=key)
     assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == [SERVED_NAME], body
     assert _http(f"http://127.0.0.1:{port}/v1/models")[0] == 401, "VLLM_API_KEY from the environment is required"
-    logs = docker("logs", name, check=False)
+    logs = run_docker("logs", name, check=False)
     output = logs.stdout + logs.stderr
     assert "vllm-entrypoint: exec vllm serve /models/tiny" in output, output[-3000:]
     assert key not in output, "the key must not be printed"
     # SIGTERM (docker stop) reaches vLLM through Apptainer: a prompt, clean stop.
     t0 = time.monotonic()
-    docker("stop", "--time", "30", name, timeout=60)
+    run_docker("stop", "--time", "30", name, timeout=60)
     stopped_s = time.monotonic() - t0
     _measure("docker stop -> vLLM gone", f"{stopped_s:.1f} s")
     assert stopped_s < 15
-    assert docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() in ("0", "143")
+    assert run_docker("inspect", "-f", "{{.State.ExitCode}}", name).stdout.strip() in ("0", "143")

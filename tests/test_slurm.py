@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from bfcl_ext.provenance import sha256_file
+from tests.support.tools import assert_tool_passes
 from tests.support.slurm_cluster import (
     BFCL_EXT_BIN,
     REPO_ROOT,
@@ -62,19 +62,11 @@ def cluster(slurm_cluster: SlurmCluster) -> Iterator[SlurmCluster]:
     slurm_cluster.cancel_leftovers()  # whatever a failing test left queued or running
 
 
-def _shellcheck() -> str:
-    found = shutil.which("shellcheck") or str(Path(sys.executable).with_name("shellcheck"))
-    assert Path(found).exists(), "shellcheck is not installed: run scripts/install.sh --test"
-    return found
-
-
 # -- static and local checks (no cluster)
 
 
 def test_scripts_are_shellcheck_clean() -> None:
-    done = subprocess.run([_shellcheck(), *map(str, SCRIPTS)], capture_output=True, text=True, check=False,
-                          cwd=REPO_ROOT)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_tool_passes("shellcheck", *SCRIPTS)
 
 
 def test_scripts_use_strict_mode() -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+from tests.support.tools import assert_tool_passes
 from tests.support.vllm_cpu import REPO_ROOT
 
 SHELL_SCRIPTS = sorted(
@@ -16,16 +15,9 @@ SHELL_SCRIPTS = sorted(
 )
 
 
-def _tool(name: str) -> str:
-    found = shutil.which(name) or str(Path(sys.executable).with_name(name))
-    assert Path(found).exists(), f"{name} is not installed: run scripts/install.sh --test"
-    return found
-
-
 def test_shell_scripts_are_shellcheck_clean() -> None:
     assert SHELL_SCRIPTS, "no shell scripts found"
-    done = subprocess.run([_tool("shellcheck"), *map(str, SHELL_SCRIPTS)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_tool_passes("shellcheck", *SHELL_SCRIPTS)
 
 
 def test_shell_scripts_use_strict_mode() -> None:
@@ -34,9 +26,7 @@ def test_shell_scripts_use_strict_mode() -> None:
 
 
 def test_python_sources_are_ruff_clean() -> None:
-    done = subprocess.run([_tool("ruff"), "check", "bfcl_ext", "tests", "benchmarks"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_tool_passes("ruff", "check", "bfcl_ext", "tests", "benchmarks")
 
 
 def test_help_does_not_import_bfcl_eval_or_openai() -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
-import subprocess
 import sys
 import time
 import urllib.error
@@ -26,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.docker_env import image_size
+from tests.support.tools import assert_tool_passes
+from tests.support.docker_env import image_size, run_docker
 from tests.support.vllm_cpu import REPO_ROOT, ensure_tiny_model
 
 BASE_IMAGE = os.environ.get("BFCL_EXT_VLLM_CPU_IMAGE", "bfcl-ext-local/vllm-cpu:0.32.0")
@@ -64,40 +63,16 @@ def _measure(what: str, value: str) -> None:
     print(f"\n[vllm-image] {what}: {value}", file=sys.stderr)
 
 
-def _docker_bin() -> str:
-    # Debian's client (20.10) matches the engine and builds with BuildKit.
-    found = "/usr/bin/docker" if Path("/usr/bin/docker").exists() else shutil.which("docker")
-    assert found, "no docker client: run scripts/ci/setup-docker.sh"
-    return found
-
-
-def docker(*args: str, check: bool = True, timeout: float = 120, env: dict[str, str] | None = None):
-    done = subprocess.run([_docker_bin(), *args], capture_output=True, text=True, timeout=timeout, check=False, env=env)
-    if check and done.returncode != 0:
-        pytest.fail(f"docker {' '.join(args[:3])} ... failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def _tool(name: str) -> str:
-    found = shutil.which(name) or str(Path(sys.executable).with_name(name))
-    assert Path(found).exists(), f"{name} is not installed: run scripts/install.sh --test (requirements/test.txt)"
-    return found
-
-
 # ---------------------------------------------------------------- static checks (no engine needed)
 
 
 def test_dockerfiles_are_hadolint_clean() -> None:
-    done = subprocess.run(
-        [_tool("hadolint"), str(DOCKERFILE), str(BASE_DOCKERFILE)], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_tool_passes("hadolint", DOCKERFILE, BASE_DOCKERFILE)
 
 
 def test_image_scripts_are_shellcheck_clean() -> None:
     scripts = [ENTRYPOINT, REPO_ROOT / BUILD_BASE]
-    done = subprocess.run([_tool("shellcheck"), *map(str, scripts)], capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert_tool_passes("shellcheck", *scripts)
     for script in scripts:
         assert "set -euo pipefail" in script.read_text(), script
         assert os.access(script, os.X_OK), f"{script} is not executable"
@@ -108,16 +83,16 @@ def test_image_scripts_are_shellcheck_clean() -> None:
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    if docker("info", check=False, timeout=30).returncode != 0:
+    if run_docker("info", check=False, timeout=30).returncode != 0:
         pytest.fail("the docker engine does not answer: run scripts/ci/setup-docker.sh")
-    if docker("image", "inspect", BASE_IMAGE, check=False).returncode != 0:
+    if run_docker("image", "inspect", BASE_IMAGE, check=False).returncode != 0:
         pytest.fail(
             f"base image {BASE_IMAGE} is missing: run {BUILD_BASE} before the tests "
             "(CI does; about 3 minutes, then cached)"
         )
     t0 = time.monotonic()
     env = dict(os.environ, DOCKER_BUILDKIT="1")
-    docker(
+    run_docker(
         "build", "--file", str(DOCKERFILE), "--build-arg", f"VLLM_BASE={BASE_IMAGE}", "--tag", IMAGE,
         str(DOCKERFILE.parent), timeout=600, env=env,
     )  # fmt: skip
@@ -150,7 +125,7 @@ class Container:
 
 
 def _state(name: str) -> tuple[str, str, int]:
-    out = docker(
+    out = run_docker(
         "inspect", "-f", "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}none{{end}} "
         "{{.State.ExitCode}}", name, check=False,
     )  # fmt: skip
@@ -161,7 +136,7 @@ def _state(name: str) -> tuple[str, str, int]:
 
 
 def _logs(name: str, lines: int = 80) -> str:
-    done = docker("logs", "--tail", str(lines), name, check=False)
+    done = run_docker("logs", "--tail", str(lines), name, check=False)
     return done.stdout + done.stderr
 
 
@@ -189,7 +164,7 @@ def _run_container(image: str, model_dir: Path, name: str, api_key: str, extra_e
     # -e VLLM_API_KEY without a value: docker takes it from this process's environment, so the
     # key is not in the docker client's argv either.
     env = dict(os.environ, VLLM_API_KEY=api_key)
-    docker(
+    run_docker(
         "run", "--detach", "--name", name,
         "--publish", f"127.0.0.1::{PORT_IN_CONTAINER}",
         "--env", f"SERVE_PORT={PORT_IN_CONTAINER}",
@@ -253,13 +228,13 @@ def server(image: str, model_dir: Path) -> Iterator[Container]:
     try:
         t0 = time.monotonic()
         _run_container(image, model_dir, name, api_key)
-        port_line = docker("port", name, f"{PORT_IN_CONTAINER}/tcp").stdout.strip().splitlines()[0]
+        port_line = run_docker("port", name, f"{PORT_IN_CONTAINER}/tcp").stdout.strip().splitlines()[0]
         assert port_line.startswith("127.0.0.1:"), f"published on {port_line}, not on 127.0.0.1 only"
         port = int(port_line.rsplit(":", 1)[1])
         healthy_s = _wait_healthy(name, port, t0)
         yield Container(name=name, port=port, api_key=api_key, healthy_s=healthy_s)
     finally:
-        docker("rm", "--force", "--volumes", name, check=False)
+        run_docker("rm", "--force", "--volumes", name, check=False)
 
 
 @pytest.mark.vllm
@@ -301,7 +276,7 @@ def test_chat_with_tools(server: Container) -> None:
 
 def _exec(name: str, *cmd: str) -> str:
     # `docker exec` as root: it must read every process's /proc entries whoever owns them.
-    return docker("exec", "--user", "0", name, *cmd).stdout
+    return run_docker("exec", "--user", "0", name, *cmd).stdout
 
 
 @pytest.mark.vllm
@@ -321,7 +296,7 @@ def test_server_is_pid1_and_runs_as_uid_1000(server: Container) -> None:
 
 @pytest.mark.vllm
 def test_key_is_not_in_any_argv(server: Container) -> None:
-    top = docker("top", server.name, "-eo", "pid,user,args").stdout
+    top = run_docker("top", server.name, "-eo", "pid,user,args").stdout
     assert server.api_key not in top, top
     argvs = _exec(
         server.name, "python3", "-c",
@@ -333,7 +308,7 @@ def test_key_is_not_in_any_argv(server: Container) -> None:
     assert server.api_key not in argvs
     assert "--api-key" not in argvs
     # Nor in what docker keeps as the container's command (its environment does hold it).
-    cmd_args = docker("inspect", "-f", "{{json .Path}} {{json .Args}}", server.name).stdout
+    cmd_args = run_docker("inspect", "-f", "{{json .Path}} {{json .Args}}", server.name).stdout
     assert server.api_key not in cmd_args, cmd_args
     logs = _logs(server.name, 100000)
     assert server.api_key not in logs
@@ -345,7 +320,7 @@ def test_key_is_not_in_any_argv(server: Container) -> None:
 @pytest.mark.vllm
 def test_vllm_port_from_the_environment_is_dropped(server: Container) -> None:
     # As uid 1000, the owner: root in the container lacks CAP_SYS_PTRACE to read it.
-    environ = docker("exec", "--user", "1000", server.name, "cat", "/proc/1/environ").stdout.split("\0")
+    environ = run_docker("exec", "--user", "1000", server.name, "cat", "/proc/1/environ").stdout.split("\0")
     names = {entry.split("=", 1)[0] for entry in environ if entry}
     assert "VLLM_PORT" not in names and "VLLM_ENDPOINT" not in names, sorted(names)
 
@@ -356,10 +331,10 @@ def test_stop_is_prompt(server: Container) -> None:
 
     It stops the module's container: keep it after the other tests that use ``server``."""
     t0 = time.monotonic()
-    docker("stop", "--time", "30", server.name, timeout=60)
+    run_docker("stop", "--time", "30", server.name, timeout=60)
     stop_s = time.monotonic() - t0
     status, _, code = _state(server.name)
-    oom = docker("inspect", "-f", "{{.State.OOMKilled}}", server.name).stdout.strip()
+    oom = run_docker("inspect", "-f", "{{.State.OOMKilled}}", server.name).stdout.strip()
     _measure("docker stop", f"{stop_s:.1f} s; exit code {code}; OOMKilled {oom}")
     assert status == "exited"
     assert code != 137, f"exit 137: SIGKILL after the grace period, SIGTERM was not handled\n{_logs(server.name)}"
@@ -370,10 +345,10 @@ def test_stop_is_prompt(server: Container) -> None:
 def test_missing_model_is_a_one_line_error(image: str) -> None:
     name = f"bfcl-ext-vllm-test-nomodel-{uuid.uuid4().hex[:10]}"
     try:
-        done = docker("run", "--name", name, image, check=False, timeout=60)
+        done = run_docker("run", "--name", name, image, check=False, timeout=60)
         assert done.returncode == 2, (done.returncode, done.stdout, done.stderr)
         lines = (done.stdout + done.stderr).strip().splitlines()
         assert len(lines) == 1, lines
         assert "SERVE_MODEL" in lines[0] and "not set" in lines[0], lines
     finally:
-        docker("rm", "--force", name, check=False)
+        run_docker("rm", "--force", name, check=False)

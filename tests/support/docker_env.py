@@ -10,9 +10,11 @@ import functools
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from docker import DockerClient, from_env
 from docker.errors import DockerException, ImageNotFound
 
@@ -31,6 +33,17 @@ def docker() -> str:
     if not found:
         raise AssertionError("no docker client: run scripts/ci/setup-docker.sh")
     return found
+
+
+def run_docker(*args: str, check: bool = True, timeout: float = 120,
+               env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`docker ARGS` with the client above; a failure (check) fails the test with the command's output."""
+    done = subprocess.run([docker(), *args], capture_output=True, text=True, timeout=timeout, check=False, env=env)
+    if check and done.returncode != 0:
+        pytest.fail(
+            f"docker {' '.join(args[:3])} ... failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+    return done
 
 
 def compose_command() -> list[str]:
