@@ -27,23 +27,14 @@ t_start=$SECONDS
 log() { printf 'build-apptainer-tool: [%4ds] %s\n' "$((SECONDS - t_start))" "$*"; }
 die() { printf 'build-apptainer-tool: error: %s\n' "$*" >&2; exit 1; }
 
-force=0
-for arg in "$@"; do
-    case $arg in
-        --force) force=1 ;;
-        -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-        *) printf 'build-apptainer-tool: unknown argument %s (usage: %s [--force])\n' "$arg" "$0" >&2; exit 2 ;;
-    esac
-done
-
 # shellcheck source=scripts/ci/docker-client.sh disable=SC1091  # checked on its own
 . "$(dirname "${BASH_SOURCE[0]}")/docker-client.sh"
-[ -n "$DOCKER" ] || die "no docker client found (run scripts/ci/setup-docker.sh)"
-"$DOCKER" info >/dev/null 2>&1 || die "the docker engine does not answer (run scripts/ci/setup-docker.sh)"
+parse_force_flag build-apptainer-tool "$@"
+require_docker_engine build-apptainer-tool
 
 # The Dockerfile and the inputs that change what it builds.
 wanted=$({ cat "$dockerfile"; printf '%s\n' "$LOCAL_PYTHON_BASE" "$APPTAINER_VERSION"; } | sha256sum | cut -d' ' -f1)
-if [ "$force" = 0 ]; then
+if [ "$FORCE" = 0 ]; then
     have=$("$DOCKER" image inspect -f "{{ index .Config.Labels \"$HASH_LABEL\" }}" "$BFCL_EXT_APPTAINER_IMAGE" 2>/dev/null || true)
     if [ "$have" = "$wanted" ]; then
         log "$BFCL_EXT_APPTAINER_IMAGE is up to date ($("$DOCKER" run --rm "$BFCL_EXT_APPTAINER_IMAGE" apptainer --version)); nothing to do (--force rebuilds)"
@@ -56,7 +47,7 @@ fi
 log "docker build $BFCL_EXT_APPTAINER_IMAGE (base $LOCAL_PYTHON_BASE, apptainer $APPTAINER_VERSION)"
 t=$SECONDS
 no_cache=()
-if [ "$force" = 1 ]; then no_cache=(--no-cache); fi
+if [ "$FORCE" = 1 ]; then no_cache=(--no-cache); fi
 DOCKER_BUILDKIT=1 "$DOCKER" build "${no_cache[@]}" \
     --file "$dockerfile" \
     --build-arg "DEBIAN_BASE=$LOCAL_PYTHON_BASE" \

@@ -42,19 +42,10 @@ t_start=$SECONDS
 log() { printf 'build-vllm-cpu-base: [%4ds] %s\n' "$((SECONDS - t_start))" "$*"; }
 die() { printf 'build-vllm-cpu-base: error: %s\n' "$*" >&2; exit 1; }
 
-force=0
-for arg in "$@"; do
-    case $arg in
-        --force) force=1 ;;
-        -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
-        *) printf 'build-vllm-cpu-base: unknown argument %s (usage: %s [--force])\n' "$arg" "$0" >&2; exit 2 ;;
-    esac
-done
-
 # shellcheck source=scripts/ci/docker-client.sh disable=SC1091  # checked on its own
 . "$(dirname "${BASH_SOURCE[0]}")/docker-client.sh"
-[ -n "$DOCKER" ] || die "no docker client found (run scripts/ci/setup-docker.sh)"
-"$DOCKER" info >/dev/null 2>&1 || die "the docker engine does not answer (run scripts/ci/setup-docker.sh)"
+parse_force_flag build-vllm-cpu-base "$@"
+require_docker_engine build-vllm-cpu-base
 
 image_size() {
     local bytes
@@ -67,7 +58,7 @@ quiet_pip() {
     "$PYTHON" -m pip --disable-pip-version-check "$@" 2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
 }
 
-if [ "$force" = 0 ] && "$DOCKER" image inspect "$BFCL_EXT_VLLM_CPU_IMAGE" >/dev/null 2>&1; then
+if [ "$FORCE" = 0 ] && "$DOCKER" image inspect "$BFCL_EXT_VLLM_CPU_IMAGE" >/dev/null 2>&1; then
     log "$BFCL_EXT_VLLM_CPU_IMAGE exists ($(image_size "$BFCL_EXT_VLLM_CPU_IMAGE")); nothing to do (--force rebuilds)"
     exit 0
 fi
