@@ -70,37 +70,105 @@ def expand_categories(names: Sequence[str]) -> list[str]:
     return [category for category in ALL_CATEGORIES if category in wanted]
 
 
-def dataset_path(category: str) -> Path:
-    from bfcl_eval.constants.category_mapping import VERSION_PREFIX
+def scoring_categories() -> list[str]:
+    """Every category BFCL's overall is made of (format_sensitivity is not one)."""
+    from bfcl_eval.constants.category_mapping import ALL_SCORING_CATEGORIES
 
-    return _package_dir() / "data" / f"{VERSION_PREFIX}_{category}.json"
+    return list(ALL_SCORING_CATEGORIES)
+
+
+def dataset_path(category: str) -> Path:
+    """The category's main prompt file (several categories share one: memory_*, web_search_*)."""
+    return _data_dir() / f"{_version_prefix()}_{_data_name(category)}.json"
 
 
 def ground_truth_path(category: str) -> Path:
-    from bfcl_eval.constants.category_mapping import VERSION_PREFIX
+    return _data_dir() / "possible_answer" / f"{_version_prefix()}_{_data_name(category)}.json"
 
-    return _package_dir() / "data" / "possible_answer" / f"{VERSION_PREFIX}_{category}.json"
+
+def _data_dir() -> Path:
+    return _package_dir() / "data"
+
+
+def _data_name(category: str) -> str:
+    """The stem of a category's data files: memory_kv, memory_vector and memory_rec_sum share
+    BFCL_v4_memory.json; web_search_base and web_search_no_snippet share BFCL_v4_web_search.json."""
+    if category.startswith("memory_"):
+        return "memory"
+    if category.startswith("web_search_"):
+        return "web_search"
+    return category
+
+
+def _prompt_files(category: str) -> list[Path]:
+    """Every file a category's prompts are read from (memory: the prerequisite conversations too;
+    format_sensitivity: its id map and the categories it draws its entries from)."""
+    files = [dataset_path(category)]
+    if category.startswith("memory_"):
+        files += sorted((_data_dir() / "memory_prereq_conversation").glob("*.json"))
+    if category == "format_sensitivity":
+        files += [dataset_path(source) for source in _format_sensitivity_sources()]
+    return files
+
+
+def _truth_files(category: str) -> list[Path]:
+    if category == "format_sensitivity":
+        return [ground_truth_path(source) for source in _format_sensitivity_sources()]
+    path = ground_truth_path(category)
+    return [path] if path.exists() else []  # irrelevance-type categories have no ground truth
+
+
+def _format_sensitivity_sources() -> list[str]:
+    """The categories format_sensitivity draws from: the keys of its id map (checked by check_datasets)."""
+    try:
+        with dataset_path("format_sensitivity").open(encoding="utf-8") as handle:
+            id_map = json.load(handle)
+    except (OSError, json.JSONDecodeError):
+        return []
+    return sorted(id_map) if isinstance(id_map, dict) else []
+
+
+def _digest(paths: Sequence[Path]) -> str | None:
+    """One file: its sha256 (as recorded before files were shared). Several: sha256 over each
+    file's sha256 and name, so a change to any of them shows."""
+    if not paths:
+        return None
+    if len(paths) == 1:
+        return sha256_file(paths[0])
+    import hashlib
+
+    listing = "".join(f"{sha256_file(path)}  {path.relative_to(_data_dir())}\n" for path in paths)
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def dataset_hashes(categories: Iterable[str]) -> dict[str, dict[str, str | None]]:
     """sha256 of each category's prompts and ground truth (None where a category has none)."""
-    hashes: dict[str, dict[str, str | None]] = {}
-    for category in categories:
-        answers = ground_truth_path(category)
-        hashes[category] = {
-            "dataset": sha256_file(dataset_path(category)) if dataset_path(category).exists() else None,
-            "ground_truth": sha256_file(answers) if answers.exists() else None,
-        }
-    return hashes
+    return {
+        category: {"dataset": _digest(_prompt_files(category)), "ground_truth": _digest(_truth_files(category))}
+        for category in categories
+    }
 
 
 def check_datasets(categories: Iterable[str]) -> None:
-    """Every dataset file exists and each line is JSON with an id (a damaged install fails here)."""
+    """Every data file a category reads exists and parses, each entry with an id (a damaged install fails here)."""
     for category in categories:
-        for path in (dataset_path(category), ground_truth_path(category)):
-            if path == ground_truth_path(category) and not path.exists():
-                continue  # irrelevance-type categories have no ground truth
-            _check_json_lines(category, path)
+        if category == "format_sensitivity":
+            _check_id_map(category, dataset_path(category))
+        for path in _prompt_files(category) + _truth_files(category):
+            if path != dataset_path("format_sensitivity"):
+                _check_json_lines(category, path)
+
+
+def _check_id_map(category: str, path: Path) -> None:
+    """format_sensitivity's file is one JSON object: source category -> entry ids."""
+    if not path.exists():
+        raise ConfigError("bfcl-eval data", str(path), f"missing file for category {category}; reinstall bfcl-eval")
+    try:
+        id_map = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError("bfcl-eval data", str(path), "not valid JSON; reinstall bfcl-eval") from None
+    if not isinstance(id_map, dict) or not all(isinstance(ids, list) for ids in id_map.values()):
+        raise ConfigError("bfcl-eval data", str(path), "not a map of categories to entry ids; reinstall bfcl-eval")
 
 
 def _check_json_lines(category: str, path: Path) -> None:
@@ -397,14 +465,26 @@ def _prepare_prompt_handler(handler: Any, served_name: str, tokenizer: Path | No
 
 
 def load_entries(categories: Sequence[str], limit: int | None) -> list[dict[str, Any]]:
-    """The test entries to answer, in BFCL's order, with BFCL's own preprocessing."""
+    """The test entries to answer, in BFCL's order, with BFCL's own preprocessing.
+
+    ``limit`` counts a category's questions: a memory question keeps the prerequisite
+    conversations it depends on, or it would be asked of an empty memory.
+    """
     from bfcl_eval.utils import load_dataset_entry
 
     entries: list[dict[str, Any]] = []
     for category in categories:
         category_entries = load_dataset_entry(category)
-        entries.extend(category_entries[:limit] if limit else category_entries)
+        entries.extend(_first_questions(category_entries, limit) if limit else category_entries)
     return entries
+
+
+def _first_questions(entries: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    questions = [entry for entry in entries if "prereq" not in entry["id"]][:limit]
+    needed = {entry["id"] for entry in questions} | {
+        parent for entry in questions for parent in entry.get("depends_on", [])
+    }
+    return [entry for entry in entries if entry["id"] in needed]
 
 
 def result_files(session: Session) -> list[Path]:
@@ -510,8 +590,12 @@ def answer(session: Session, entry: dict[str, Any]) -> dict[str, Any]:
 
     Exceptions other than transport errors are the model's doing (a malformed call that breaks
     a multi-turn execution, a request the server refuses as invalid): upstream writes them as
-    the answer and scores them wrong, and so do we.
+    the answer and scores them wrong, and so do we. A tool that broke under the model (a web
+    search that failed) is not the model's doing: the whole entry is asked again later.
     """
+    _forget_tool_state(session, entry)
+    tool_failures: list[str] = []
+    _tool_failures.current = tool_failures
     try:
         result, metadata = session.handler.inference(copy.deepcopy(entry), False, False)
     except TransportError:
@@ -520,7 +604,35 @@ def answer(session: Session, entry: dict[str, Any]) -> dict[str, Any]:
         if isinstance(error.__cause__, TransportError) or isinstance(error.__context__, TransportError):
             raise TransportError(str(error)) from None
         result, metadata = f"Error during inference: {error}", {"error_type": type(error).__name__}
+    finally:
+        _tool_failures.current = None
+        _forget_tool_state(session, entry)
+    if tool_failures:
+        raise TransportError(f"a tool failed under the model: {tool_failures[0]}")
     return {"id": entry["id"], "result": result, **metadata}
+
+
+_tool_failures = threading.local()  # .current: the failures of the entry this thread is answering
+
+
+def _forget_tool_state(session: Session, entry: dict[str, Any]) -> None:
+    """Drop the tool instances (file system, memory, ...) bfcl-eval keeps per entry in a module global.
+
+    Upstream creates them once per process and reuses them on every later call for the same
+    entry id, so an entry asked again after a transport failure would start from the state its
+    failed attempt left behind. Dropping them before each attempt gives every attempt the
+    entry's initial state; dropping them after keeps memory flat over thousands of entries.
+    """
+    import re
+
+    from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
+
+    model = getattr(session.handler, "model_name_underline_replaced", None)
+    if model is None or not entry.get("involved_classes"):
+        return
+    for class_name in entry["involved_classes"]:
+        name = re.sub(r"[-./:]", "_", f"{model}_{entry['id']}_{class_name}_instance")
+        vars(multi_turn_utils).pop(name, None)
 
 
 def write_answer(session: Session, line: dict[str, Any]) -> None:
@@ -538,6 +650,169 @@ def sort_result_files(session: Session) -> None:
                                               key=lambda pair: pair[0])]
         if ordered != lines:
             _atomic_write_lines(path, ordered)
+
+
+# ---------------------------------------------------------------- memory: the backend's state on resume
+
+
+def restore_memory_snapshots(session: Session, entries: Sequence[dict[str, Any]]) -> list[str]:
+    """Make each memory scenario's state equal what its answered prerequisites left; returns what changed.
+
+    bfcl-eval's memory backends keep their state in files beside the results
+    (``memory_snapshot/<scenario>_final.json``, plus one checkpoint per prerequisite
+    conversation), written at the end of each prerequisite, before its answer reaches the
+    result file. A kill in between leaves a state one conversation ahead of the answers: asked
+    again, that conversation would be applied twice. So on every start the state is rebuilt
+    from the checkpoint of the last prerequisite whose answer is on disk (or cleared when none is).
+    """
+    from bfcl_eval.utils import get_directory_structure_by_id
+
+    answered = answered_ids(session)
+    changes: list[str] = []
+    for chain in _prerequisite_chains(entries):
+        done = []
+        for entry in chain:  # only a prefix can be answered: each depends on all before it
+            if entry["id"] not in answered:
+                break
+            done.append(entry["id"])
+        model_results = session.result_dir / session.model_dir
+        folder = model_results / get_directory_structure_by_id(chain[0]["id"]) / "memory_snapshot"
+        state = folder / f"{chain[0]['scenario']}_final.json"
+        if not done:
+            if state.exists():
+                state.unlink()
+                changes.append(f"{state.name}: cleared (no prerequisite answered yet)")
+            continue
+        checkpoint = folder / "prereq_checkpoints" / f"{done[-1]}.json"
+        try:
+            saved = checkpoint.read_bytes()
+            json.loads(saved)
+        except (OSError, ValueError):
+            raise ConfigError(
+                "memory state", str(checkpoint),
+                f"missing or damaged, though {done[-1]} is answered; delete {state.parent} and the "
+                f"memory result files of {session.model_dir} to ask its prerequisites again",
+            ) from None
+        if not state.exists() or state.read_bytes() != saved:
+            _atomic_write_bytes(state, saved)
+            changes.append(f"{state.name}: restored from {checkpoint.name}")
+    return changes
+
+
+def _prerequisite_chains(entries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Each memory category's prerequisite conversations per scenario, in the order they build on each other."""
+    chains: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for entry in entries:
+        if "prereq" in entry["id"] and "scenario" in entry:
+            chains.setdefault((category_of(entry["id"]), entry["scenario"]), []).append(entry)
+    return [sorted(chain, key=lambda e: len(e.get("depends_on", []))) for chain in chains.values()]
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+# ---------------------------------------------------------------- web search: SerpAPI, bounded, failures seen
+
+
+@dataclass
+class SearchStats:
+    calls: int = 0
+    failed: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def count(self, ok: bool) -> None:
+        with self.lock:
+            self.calls += 1
+            self.failed += 0 if ok else 1
+
+
+class _SearchService:
+    """What bfcl-eval's web search tool calls instead of ``serpapi.GoogleSearch``.
+
+    Upstream's client waits up to 60,000 s for an answer, retries a 429 forever, puts the key
+    in error messages (the request URL), and hands any other failure to the model as the
+    tool's result, to be scored as if the model had failed. Here a request is bounded,
+    retried a few times with backoff, and a search that still fails is recorded for the entry
+    being answered, so the entry is asked again instead of scored (see ``answer``).
+    """
+
+    RETRYABLE = {408, 429, 500, 502, 503, 504}
+
+    def __init__(self, base_url: str, api_key: str, timeout: float, max_retries: int, stats: SearchStats) -> None:
+        self._url = base_url.rstrip("/") + "/search"
+        self._api_key = api_key
+        self._timeout = timeout
+        self._max_retries = max_retries
+        self.stats = stats
+
+    def client(self, params: dict[str, Any]) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(get_dict=lambda: self.search(params))
+
+    def search(self, params: dict[str, Any]) -> dict[str, Any]:
+        import time
+
+        query = {key: value for key, value in params.items() if key != "api_key" and value is not None}
+        query.update(api_key=self._api_key, output="json", source="python")
+        problem = "no attempt"
+        for attempt in range(self._max_retries + 1):
+            if attempt:
+                time.sleep(min(2.0**attempt, 30.0))
+            payload, problem, retry = self._once(query)
+            if payload is not None:
+                self.stats.count(ok=True)
+                return payload
+            if not retry:
+                break
+        self.stats.count(ok=False)
+        failures = getattr(_tool_failures, "current", None)
+        if failures is not None:
+            failures.append(f"web search: {problem}")
+        # never "429" in this text: upstream would retry it forever
+        return {"error": "The search service failed; the search was not run."}
+
+    def _once(self, query: dict[str, Any]) -> tuple[dict[str, Any] | None, str, bool]:
+        """(results, why not, worth retrying); messages never carry the URL (the key is in it)."""
+        import requests
+
+        try:
+            response = requests.get(self._url, params=query, timeout=self._timeout)
+        except requests.RequestException as error:
+            return None, f"{type(error).__name__} (no answer from the search service)", True
+        if response.status_code != 200:
+            return None, f"HTTP {response.status_code} from the search service", response.status_code in self.RETRYABLE
+        try:
+            payload = response.json()
+        except ValueError:
+            return None, "the search service answered with a body that is not JSON", True
+        if not isinstance(payload, dict):
+            return None, "the search service answered with JSON that is not an object", False
+        if "organic_results" not in payload and not _no_results(payload):
+            error = str(payload.get("error", "no results field"))
+            return None, f"the search service answered without results ({error[:80]})", False
+        return payload, "", False
+
+
+def _no_results(payload: dict[str, Any]) -> bool:
+    """SerpAPI's answer to a query that found nothing: a successful search, not a broken one."""
+    status = (payload.get("search_metadata") or {}).get("status")
+    return status == "Success" and "hasn't returned any results" in str(payload.get("error", ""))
+
+
+def install_web_search(base_url: str, api_key: str, timeout: float, max_retries: int) -> SearchStats:
+    """Route bfcl-eval's web search tool through ``_SearchService`` (module attribute, set once per run)."""
+    from bfcl_eval.eval_checker.multi_turn_eval.func_source_code import web_search
+
+    stats = SearchStats()
+    web_search.GoogleSearch = _SearchService(base_url, api_key, timeout, max_retries, stats).client
+    return stats
 
 
 # ---------------------------------------------------------------- evaluation

@@ -28,7 +28,7 @@ EXIT_CODES_HELP = """exit codes:
 
 def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
     for option in OPTIONS:
-        if names is not None and option.name not in names:
+        if (names is not None and option.name not in names) or option.flag is None:
             continue
         env = f" [env {option.env}]" if option.env else ""
         if option.name == "skip_vllm":
@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="is the server ready, and does it answer a tool call?")
     _add_settings(check, [o.name for o in OPTIONS if o.name not in ("test_categories", "limit", "num_threads",
                                                                    "retry_rounds", "recovery_timeout", "tokenizer",
-                                                                   "server_facts", "runner_image", "server_image")])
+                                                                   "server_facts", "runner_image", "server_image",
+                                                                   "embedding_model", "search_base_url")])
     commands.add_parser("models", help="list BFCL's registry models (scored with BFCL's own handlers)")
     bundle = commands.add_parser("bundle", help="pack a run (results, scores, summary, manifest, server log) into a "
                                  "reproducible .tar.gz with SHA256SUMS")

@@ -24,6 +24,8 @@ DEFAULT_WAIT_TIMEOUT = 1800.0  # a 70B model read from network storage can take 
 DEFAULT_NUM_THREADS = 64
 CONTAINER_VARIABLE = "BFCL_EXT_CONTAINER"  # set by the runner images: skip mode becomes the default
 APPTAINER_VARIABLES = ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER")  # the SIF we run in, set by Apptainer
+DEFAULT_SEARCH_BASE_URL = "https://serpapi.com"
+SEARCH_KEY_VARIABLE = "SERPAPI_API_KEY"  # bfcl-eval's name for it
 SECRET_MARKERS = ("key", "token", "secret", "password", "passwd", "credential", "auth")
 
 
@@ -33,7 +35,7 @@ class Option:
 
     name: str  # attribute on Settings
     env: str | None  # environment / .env variable
-    flag: str  # command-line flag
+    flag: str | None  # command-line flag (None: a secret, never taken from argv)
     default: Any
     parse: Callable[[str, str], Any]  # (setting label, raw text) -> value
     help: str
@@ -154,6 +156,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("server_image", "BFCL_EXT_SERVER_IMAGE", "--server-image", None, _optional_text,
            "the server's image (reference, image ID or SIF path), recorded with its digest "
            "(default: the image named in the server facts)"),
+    Option("embedding_model", "BFCL_EXT_EMBEDDING_MODEL", "--embedding-model", None, _optional_text,
+           "memory_vector: local folder of the sentence-transformers embedding model BFCL uses "
+           "(default: all-MiniLM-L6-v2 from the local Hugging Face cache, offline)"),
+    Option("search_base_url", "BFCL_EXT_SEARCH_BASE_URL", "--search-base-url", DEFAULT_SEARCH_BASE_URL,
+           _optional_text, "web search: SerpAPI or a SerpAPI-compatible service (a caching proxy)"),
+    Option("search_api_key", SEARCH_KEY_VARIABLE, None, None, _optional_text,
+           "web search: the SerpAPI key (environment or .env only: never a flag, never written down)"),
 )
 OPTION_BY_NAME = {option.name: option for option in OPTIONS}
 
@@ -185,10 +194,13 @@ class Settings:
     server_facts: Path | None
     runner_image: str | None
     server_image: str | None
+    embedding_model: Path | None
+    search_base_url: str
     env_file: Path | None
     slurm_job_id: str | None = None  # SLURM's, not a user setting: seeds the managed server's port
     apptainer_image: str | None = None  # Apptainer's, not a user setting: the SIF this process runs in
     sources: Mapping[str, str] = field(default_factory=dict)  # setting -> flag / env / .env / default
+    search_api_key: str | None = field(default=None, repr=False)
 
     @property
     def model_name_served(self) -> str:
@@ -200,6 +212,7 @@ class Settings:
         values = {name: getattr(self, name) for name in OPTION_BY_NAME if hasattr(self, name)}
         values["base_url"] = self.endpoint.base_url
         values["api_key"] = "<redacted>" if self.endpoint.api_key else None
+        values["search_api_key"] = "<redacted>" if self.search_api_key else None
         values["env_file"] = self.env_file
         values["sources"] = dict(self.sources)
         return {key: _plain(value) for key, value in sorted(values.items())}
@@ -271,7 +284,7 @@ def _pick(
     dotenv_values: Mapping[str, str],
     defaults: Mapping[str, Any],
 ) -> tuple[Any, str]:
-    if flags.get(option.name) is not None:
+    if option.flag is not None and flags.get(option.name) is not None:
         value = flags[option.name]
         return (option.parse(option.flag, value) if isinstance(value, str) else value), "flag"
     if option.env and option.env in environ:
@@ -312,11 +325,29 @@ def _build(
         server_facts=Path(raw["server_facts"]) if raw["server_facts"] else None,
         runner_image=raw["runner_image"],
         server_image=raw["server_image"],
+        embedding_model=Path(raw["embedding_model"]) if raw["embedding_model"] else None,
+        search_base_url=_search_base_url(raw["search_base_url"], sources),
+        search_api_key=raw["search_api_key"],
         env_file=env_path,
         slurm_job_id=slurm_job_id,
         apptainer_image=apptainer_image,
         sources=sources,
     )
+
+
+def _search_base_url(url: str | None, sources: Mapping[str, str]) -> str:
+    """SerpAPI's address or a compatible one: http(s), a host, no credentials (the key travels apart)."""
+    label = _label("search_base_url", sources)
+    parts = urlsplit((url or DEFAULT_SEARCH_BASE_URL).strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(label, url, "expected an http(s) URL with a host, e.g. https://serpapi.com")
+    if parts.username or parts.password or parts.query:
+        raise ConfigError(label, "<url>", f"no credentials or query in the URL: the key goes in {SEARCH_KEY_VARIABLE}")
+    try:
+        _ = parts.port  # urlsplit checks the port only when asked
+    except ValueError:
+        raise ConfigError(label, url, "URL has a bad port") from None
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
 def _nonempty_command(words: tuple[str, ...]) -> tuple[str, ...]:
@@ -373,7 +404,7 @@ def _checked_url(label: str, url: str, port: int | None) -> str:
 
 def _label(name: str, sources: Mapping[str, str]) -> str:
     option = OPTION_BY_NAME[name]
-    return option.flag if sources.get(name) == "flag" else (option.env or option.flag)
+    return option.flag if sources.get(name) == "flag" and option.flag else (option.env or option.flag or name)
 
 
 def require_run_settings(settings: Settings) -> None:

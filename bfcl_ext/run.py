@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import shutil
 import sys
 import time
@@ -14,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from bfcl_ext import bridge, generation, manifest, provenance, readiness
-from bfcl_ext.config import Settings, require_run_settings
+from bfcl_ext.bundle import read_leaderboard
+from bfcl_ext.config import SEARCH_KEY_VARIABLE, Settings, require_run_settings
 from bfcl_ext.endpoint import Endpoint
 from bfcl_ext.errors import ConfigError, EntriesFailedError, NotReadyError
 from bfcl_ext.server import ManagedServer, choose_port, server_command
@@ -33,16 +33,57 @@ class Server:
     managed: ManagedServer | None
 
 
-def validate(settings: Settings) -> list[str]:
+@dataclass(frozen=True)
+class CategoryPlan:
+    """The categories this run asks, and those it was asked for but cannot run here, with why."""
+
+    run: list[str]
+    not_run: dict[str, str]
+    embedding_model: Path | None = None  # memory_vector's, when it runs
+
+
+def validate(settings: Settings) -> CategoryPlan:
     """Everything checkable before any network call; returns the categories to run."""
     require_run_settings(settings)
-    categories = bridge.expand_categories(settings.test_categories or ())
-    _check_supported(categories)
+    plan = plan_categories(settings)
     _check_output_dir(settings.output_dir)
-    bridge.check_datasets(categories)
+    bridge.check_datasets(plan.run)
     if settings.tokenizer is not None and not settings.tokenizer.is_dir():
         raise ConfigError("BFCL_EXT_TOKENIZER/--tokenizer", str(settings.tokenizer), "not a folder")
-    return categories
+    return plan
+
+
+def plan_categories(settings: Settings) -> CategoryPlan:
+    """A category this install or these settings cannot run is an error when named on its own, and
+    left out with its reason when it came with a collection (``all``, ``agentic``, ``memory``)."""
+    names = settings.test_categories or ()
+    categories = bridge.expand_categories(names)
+    run: list[str] = []
+    not_run: dict[str, str] = {}
+    embedding_model: Path | None = None
+    for category in categories:
+        try:
+            if category == "memory_vector":
+                embedding_model = _embedding_model(settings)
+            elif category in bridge.NEEDS_INTERNET and not settings.search_api_key:
+                raise ConfigError(SEARCH_KEY_VARIABLE, "", f"not set: {category} asks SerpAPI (or "
+                                  "BFCL_EXT_SEARCH_BASE_URL); set the key in the environment or .env")
+        except ConfigError as error:
+            if category in names:
+                raise
+            not_run[category] = str(error)
+            continue
+        run.append(category)
+    if not run:
+        raise ConfigError("BFCL_EXT_TEST_CATEGORY/--test-category", ",".join(names),
+                          "nothing this install can run: " + "; ".join(not_run.values()))
+    return CategoryPlan(run, not_run, embedding_model if "memory_vector" in run else None)
+
+
+def _embedding_model(settings: Settings) -> Path:
+    from bfcl_ext import embeddings
+
+    return embeddings.resolve_embedding_model(settings.embedding_model)
 
 
 def load_server_facts(settings: Settings) -> provenance.ServerFacts | None:
@@ -51,15 +92,6 @@ def load_server_facts(settings: Settings) -> provenance.ServerFacts | None:
         raise ConfigError(provenance.FACTS_SETTING, str(settings.server_facts),
                           "describes a server bfcl-ext did not start: use it with --skip-vllm")
     return provenance.load_server_facts(settings.server_facts, settings.model_name_served)
-
-
-def _check_supported(categories: Sequence[str]) -> None:
-    if "memory_vector" in categories and importlib.util.find_spec("sentence_transformers") is None:
-        raise ConfigError(
-            "BFCL_EXT_TEST_CATEGORY", "memory_vector",
-            "needs sentence-transformers and torch, left out of this install: pip install 'bfcl-ext[full]' "
-            "(runner image: build with --build-arg WITH_MEMORY_VECTOR=1)",
-        )
 
 
 def _check_output_dir(path: Path) -> None:
@@ -134,7 +166,7 @@ def _gate(settings: Settings, server: Server) -> generation.ServerGate:
 
 
 def run(settings: Settings, environ: Mapping[str, str], argv: Sequence[str], interruptions: Interruptions) -> int:
-    categories = validate(settings)
+    plan = validate(settings)
     server_facts = load_server_facts(settings)
     started = time.time()
     bridge.use_project_root(settings.output_dir / ".bfcl-eval")  # its lock files and empty default folders
@@ -149,20 +181,25 @@ def run(settings: Settings, environ: Mapping[str, str], argv: Sequence[str], int
             settings.model or "", settings.model_name_served, client, stats, settings.temperature,
             settings.output_dir, settings.tokenizer,
         )
+        plan = _for_handler(plan, session, settings)
+        _announce(plan, session)
+        tools = _prepare_tools(plan, settings)
         repaired = bridge.repair_result_files(session)
-        entries = bridge.load_entries(categories, settings.limit)
+        entries = bridge.load_entries(plan.run, settings.limit)
+        for change in bridge.restore_memory_snapshots(session, entries):
+            print(f"bfcl-ext: memory state: {change}", file=sys.stderr)
         pending = bridge.pending_entries(session, entries)
         info = wait_ready(settings, server, settings.wait_timeout)
         ready_at = time.time()
         print(f"bfcl-ext: server ready at {server.endpoint.base_url} (version {info.version or 'unknown'}); "
-              f"{len(entries)} entries, {len(entries) - len(pending)} already answered, {len(pending)} to ask "
-              f"({session.mode})", file=sys.stderr)
+              f"{len(entries)} entries, {len(entries) - len(pending)} already answered, {len(pending)} to ask",
+              file=sys.stderr)
         report = _generate(settings, server, session, pending, interruptions)
         bridge.sort_result_files(session)
         answered = bridge.answered_ids(session)
-        scores = {} if report.stopped else _score_complete_categories(session, categories, entries, answered, settings)
-        context = RunContext(settings, categories, entries, answered, info, server, session, report, repaired,
-                             started, ready_at, time.time(), argv, environ, server_facts)
+        scores = {} if report.stopped else _score_complete_categories(session, plan.run, entries, answered, settings)
+        context = RunContext(settings, plan.run, entries, answered, info, server, session, report, repaired,
+                             started, ready_at, time.time(), argv, environ, server_facts, plan, tools)
         summary = write_outputs(context, scores)
     interruptions.raise_if_stopped()
     print_table(summary)
@@ -176,6 +213,50 @@ def run(settings: Settings, environ: Mapping[str, str], argv: Sequence[str], int
             missing,
         )
     return 0
+
+
+FORMAT_SENSITIVITY = "format_sensitivity"
+
+
+def _for_handler(plan: CategoryPlan, session: bridge.Session, settings: Settings) -> CategoryPlan:
+    """format_sensitivity varies the prompt format: BFCL runs it for prompt-mode models only."""
+    if FORMAT_SENSITIVITY not in plan.run or not session.handler.is_fc_model:
+        return plan
+    why = (f"BFCL runs it only for prompt-mode registry models; {settings.model} is scored in "
+           "function-calling mode")
+    run = [category for category in plan.run if category != FORMAT_SENSITIVITY]
+    if not run:
+        raise ConfigError("BFCL_EXT_TEST_CATEGORY/--test-category", FORMAT_SENSITIVITY, why)
+    return CategoryPlan(run, {**plan.not_run, FORMAT_SENSITIVITY: why}, plan.embedding_model)
+
+
+def _announce(plan: CategoryPlan, session: bridge.Session) -> None:
+    print(f"bfcl-ext: scoring in {session.mode}", file=sys.stderr)
+    for category, why in plan.not_run.items():
+        print(f"bfcl-ext: {category}: not run: {why}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class Tools:
+    """The tools some categories call besides the model: what was used, for the record."""
+
+    search: bridge.SearchStats | None = None
+    search_base_url: str | None = None
+    embedding: dict[str, Any] | None = None
+
+
+def _prepare_tools(plan: CategoryPlan, settings: Settings) -> Tools:
+    search = None
+    if any(category in bridge.NEEDS_INTERNET for category in plan.run):
+        search = bridge.install_web_search(settings.search_base_url, settings.search_api_key or "",
+                                           settings.request_timeout, settings.max_retries)
+    embedding = None
+    if plan.embedding_model is not None:
+        from bfcl_ext import embeddings
+
+        embeddings.use_embedding_model(plan.embedding_model)
+        embedding = embeddings.embedding_identity(plan.embedding_model)
+    return Tools(search, settings.search_base_url if search else None, embedding)
 
 
 def _score_complete_categories(
@@ -221,6 +302,8 @@ class RunContext:
     argv: Sequence[str]
     environ: Mapping[str, str]
     server_facts: provenance.ServerFacts | None = None
+    plan: CategoryPlan | None = None
+    tools: Tools = Tools()
 
 
 def _iso(timestamp: float) -> str:
@@ -264,6 +347,7 @@ def _summary(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) ->
             "accuracy": (correct / total) if total else None, "correct": correct, "total": total,
             "note": "entry-weighted over the categories scored; BFCL's weighted overall is in score/data_overall.csv",
         },
+        "leaderboard": _leaderboard(context, scores),
         "entries": {
             "selected": len(context.entries),
             "answered": len(context.answered & {e["id"] for e in context.entries}),
@@ -274,6 +358,10 @@ def _summary(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) ->
             "repaired_on_resume": context.repaired,
         },
         "requests": context.session.stats.as_dict(),
+        "web_search": (
+            {"calls": context.tools.search.calls, "failed": context.tools.search.failed}
+            if context.tools.search else None
+        ),
         "server_recoveries": report.recoveries,
         "durations_s": {
             "wait_for_server": round(context.ready_at - context.started, 3),
@@ -286,6 +374,34 @@ def _summary(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) ->
         "started_at": _iso(context.started),
         "finished_at": _iso(context.finished),
     }
+
+
+def _leaderboard(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) -> dict[str, Any]:
+    """BFCL's own weighted overall (score/data_overall.csv), and whether it covers the whole leaderboard.
+
+    BFCL counts a category it has no score for as 0, so an overall over fewer categories, or
+    over the first N entries of each, is not a leaderboard number: it is marked partial.
+    """
+    settings = context.settings
+    row = read_leaderboard(settings.output_dir, {"model": settings.model,
+                                                 "served_model_name": settings.model_name_served})
+    unscored = [category for category in bridge.scoring_categories() if category not in scores]
+    overall = _percent(row.get("Overall Acc")) if row else None
+    return {
+        "overall_accuracy": overall,
+        "complete": overall is not None and not unscored and settings.limit is None,
+        "categories_not_scored": unscored,
+        "not_run": dict(context.plan.not_run) if context.plan else {},
+        "note": "BFCL's weighted overall (non-live 10%, live 10%, irrelevance 10%, multi-turn 30%, agentic 40%), "
+                "as in score/data_overall.csv; a category not scored counts as 0 there",
+    }
+
+
+def _percent(text: str | None) -> float | None:
+    try:
+        return round(float(str(text).rstrip("%")) / 100, 6)
+    except ValueError:
+        return None
 
 
 def _status(context: RunContext) -> str:
@@ -323,6 +439,10 @@ def _manifest(context: RunContext) -> dict[str, Any]:
             "root": _served_root(context.info.models_payload, settings.model_name_served),
         },
         "categories": bridge.dataset_hashes(context.categories),
+        "tools": {
+            "web_search": {"base_url": context.tools.search_base_url} if context.tools.search else None,
+            "embedding_model": context.tools.embedding,
+        },
         "threads": settings.num_threads,
         "limit": settings.limit,
         "started_at": _iso(context.started),
@@ -401,5 +521,11 @@ def print_table(summary: Mapping[str, Any]) -> None:
     overall = summary["overall"]
     if overall["accuracy"] is not None:
         print(f"{'overall':<{width}}  {overall['accuracy']:>8.2%}  {overall['correct']}/{overall['total']}")
+    board = summary.get("leaderboard") or {}
+    if board.get("overall_accuracy") is not None:
+        marker = "" if board.get("complete") else "  (partial: not the whole leaderboard)"
+        print(f"{'BFCL overall':<{width}}  {board['overall_accuracy']:>8.2%}  weighted, as BFCL{marker}")
+    for category, why in (board.get("not_run") or {}).items():
+        print(f"not run: {category}: {why}")
     if summary.get("partial"):
         print(f"(partial run: first {summary['limit']} entries of each category)")
