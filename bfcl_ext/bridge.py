@@ -774,7 +774,8 @@ class _SearchService:
         self.stats.count(ok=False)
         failures = getattr(_tool_failures, "current", None)
         if failures is not None:
-            failures.append(f"web search: {problem}")
+            failures.append(f"web search: {problem}".replace(self._api_key, "<redacted>") if self._api_key
+                            else f"web search: {problem}")
         # never "429" in this text: upstream would retry it forever
         return {"error": "The search service failed; the search was not run."}
 
@@ -794,16 +795,14 @@ class _SearchService:
             return None, "the search service answered with a body that is not JSON", True
         if not isinstance(payload, dict):
             return None, "the search service answered with JSON that is not an object", False
-        if "organic_results" not in payload and not _no_results(payload):
-            error = str(payload.get("error", "no results field"))
-            return None, f"the search service answered without results ({error[:80]})", False
-        return payload, "", False
-
-
-def _no_results(payload: dict[str, Any]) -> bool:
-    """SerpAPI's answer to a query that found nothing: a successful search, not a broken one."""
-    status = (payload.get("search_metadata") or {}).get("status")
-    return status == "Success" and "hasn't returned any results" in str(payload.get("error", ""))
+        if "organic_results" in payload:
+            return payload, "", False
+        if "hasn't returned any results" in str(payload.get("error", "")):
+            # SerpAPI's answer to a query that found nothing: the search worked. Upstream would tell
+            # the model "Failed to retrieve the search results from server"; an empty list is the truth.
+            return {**payload, "organic_results": []}, "", False
+        error = str(payload.get("error", "no results field"))
+        return None, f"the search service answered without results ({error[:80]})", False
 
 
 def install_web_search(base_url: str, api_key: str, timeout: float, max_retries: int) -> SearchStats:

@@ -59,6 +59,8 @@ class BundleReport:
     size: int
     leaderboard: str | None  # where BFCL's leaderboard row is, or None when the run has none
     warnings: tuple[str, ...]
+    row: dict[str, str] | None = None  # that row, column by column
+    complete: bool = False  # the row covers the whole leaderboard
 
 
 def bundle(output_dir: Path, archive: Path) -> BundleReport:
@@ -68,6 +70,13 @@ def bundle(output_dir: Path, archive: Path) -> BundleReport:
     warnings: list[str] = []
     if summary.get("status") != "complete":
         warnings.append(f"the run's status is {summary.get('status')!r}, not 'complete'")
+    board = summary.get("leaderboard")
+    if isinstance(board, dict) and not board.get("complete"):
+        unscored = board.get("categories_not_scored") or []
+        warnings.append("the overall is partial, not a leaderboard submission: "
+                        + (f"{len(unscored)} scoring categories not scored ({', '.join(unscored[:6])}"
+                           f"{' ...' if len(unscored) > 6 else ''})" if unscored else "only the first "
+                           f"{summary.get('limit')} entries of each category"))
     leaderboard = _leaderboard_row(files, summary)
     if leaderboard is None:
         warnings.append(f"{LEADERBOARD_CSV} is missing or has no row for the model (BFCL writes it only when "
@@ -76,7 +85,8 @@ def bundle(output_dir: Path, archive: Path) -> BundleReport:
     write_archive(files, archive)
     where = (f"{PREFIX}/{LEADERBOARD_CSV} (model {leaderboard.get('Model')!r}, overall "
              f"{leaderboard.get('Overall Acc')})") if leaderboard else None
-    return BundleReport(archive, len(files), archive.stat().st_size, where, tuple(warnings))
+    complete = isinstance(board, dict) and bool(board.get("complete"))
+    return BundleReport(archive, len(files), archive.stat().st_size, where, tuple(warnings), leaderboard, complete)
 
 
 def collect(output_dir: Path, exclude: Path | None = None) -> dict[str, bytes]:
@@ -565,6 +575,11 @@ def bundle_command(output_dir: Path, archive: Path) -> int:
     print(f"wrote {report.archive} ({report.files} files, {report.size} bytes, checksums in {PREFIX}/{SUMS})")
     if report.leaderboard:
         print(f"leaderboard row (BFCL's data_overall.csv format): {report.leaderboard}")
+    if report.row:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        print("the whole leaderboard:" if report.complete else "partial (not the whole leaderboard):")
+        writer.writerow(list(report.row))
+        writer.writerow(list(report.row.values()))
     print(f"check it with: bfcl-ext verify {report.archive}")
     return 0
 

@@ -66,6 +66,9 @@ ROWS = [
     ("BFCL_EXT_SERVER_FACTS", "/scratch/run/server.json", "server_facts", Path("/scratch/run/server.json")),
     ("BFCL_EXT_RUNNER_IMAGE", "ghcr.io/o/runner@sha256:00", "runner_image", "ghcr.io/o/runner@sha256:00"),
     ("BFCL_EXT_SERVER_IMAGE", "/images/vllm.sif", "server_image", "/images/vllm.sif"),
+    ("BFCL_EXT_EMBEDDING_MODEL", "/models/minilm", "embedding_model", Path("/models/minilm")),
+    ("BFCL_EXT_SEARCH_BASE_URL", "http://cache:8080/serp/", "search_base_url", "http://cache:8080/serp"),
+    ("SERPAPI_API_KEY", "serp-secret", "search_api_key", "serp-secret"),
 ]
 
 
@@ -93,7 +96,17 @@ def test_each_setting_from_environment_env_file_and_flag(tmp_path, env, raw, att
     env_file.write_text(f"{env}='{raw}'\n" if "'" not in raw else f'{env}="{raw}"\n')
     assert _get(settings(env_file=env_file), attribute) == expected
     option = next(o for o in OPTIONS if o.env == env)
+    if option.flag is None:  # a secret: never taken from argv
+        assert _get(settings(flags={option.name: raw}), attribute) is None
+        return
     assert _get(settings(flags={option.name: raw}), attribute) == expected
+
+
+def test_the_search_key_is_never_shown():
+    s = settings(environ={"SERPAPI_API_KEY": "serp-secret"})
+    assert "serp-secret" not in repr(s) and "serp-secret" not in str(s.redacted())
+    assert s.redacted()["search_api_key"] == "<redacted>"
+    assert "--serpapi-api-key" not in cli.build_parser().format_help()
 
 
 def test_precedence_flag_over_environment_over_env_file_over_default(tmp_path):
@@ -197,7 +210,8 @@ def test_env_example_documents_every_setting_and_parses(tmp_path):
     readme = (REPO_ROOT / "README.md").read_text()
     for option in OPTIONS:
         assert f"{option.env}=" in text, f"{option.env} missing from .env.example"
-        assert f"`{option.env}" in readme and f"`{option.flag}`" in readme, f"{option.env} missing from README"
+        assert f"`{option.env}" in readme, f"{option.env} missing from README"
+        assert option.flag is None or f"`{option.flag}`" in readme, f"{option.flag} missing from README"
     s = settings(env_file=example)
     assert s.model == "Qwen/Qwen3-8B" and s.endpoint.base_url == "http://vllm:8000/v1"
 
@@ -217,7 +231,11 @@ def test_missing_explicit_env_file_is_an_error(tmp_path):
         (["run", "--skip-vllm", "--model", "m"], {}, "--test-category"),
         (["run", "--skip-vllm", "--model", "m", "--test-category", "simple_python", "--output-dir", "/proc/none/x"],
          {}, "--output-dir='/proc/none/x': not writable"),
-        (["run", "--skip-vllm", "--model", "m", "--test-category", "memory_vector"], {}, "bfcl-ext[full]"),
+        (["run", "--skip-vllm", "--model", "m", "--test-category", "memory_vector"], {}, "install.sh --full"),
+        (["run", "--skip-vllm", "--model", "m", "--test-category", "web_search_base"], {},
+         "SERPAPI_API_KEY='': not set"),
+        (["run", "--skip-vllm", "--model", "m", "--test-category", "web_search", "--search-base-url", "ftp://x"],
+         {"SERPAPI_API_KEY": "k"}, "--search-base-url='ftp://x': expected an http(s) URL"),
         (["run", "--skip-vllm", "--model", "m", "--test-category", "simple_python", "--tokenizer", "/nonexistent"],
          {}, "--tokenizer='/nonexistent': not a folder"),
         (["--env-file", "/nonexistent.env", "run"], {}, "--env-file='/nonexistent.env': file not found"),
