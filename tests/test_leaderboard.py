@@ -57,7 +57,8 @@ def _kill_when(process: subprocess.Popen[str], output: Path, condition: Callable
             process.wait(timeout=30)
             return ids_in(output / PREREQ_FILE), ids_in(output / QUESTION_FILE)
         if process.poll() is not None:
-            raise AssertionError(f"the run ended before the kill point: {process.stderr.read() if process.stderr else ''}")
+            error = process.stderr.read() if process.stderr else ""
+            raise AssertionError(f"the run ended before the kill point: {error}")
         time.sleep(0.005)
     process.kill()
     raise AssertionError("the kill point never came")
@@ -255,3 +256,29 @@ def test_web_search_with_a_wrong_key_is_not_scored(standin_factory: Any, tmp_pat
     assert "HTTP 401 from the search service" in done.stderr
     assert "not-the-key" not in done.stderr
     assert result_lines(output) == []
+
+
+# ---------------------------------------------------------------- each attempt starts from the entry's initial state
+
+
+def test_multi_turn_entry_asked_again_after_a_failure_starts_from_its_initial_state(
+    standin_factory: Any, tmp_path: Path
+) -> None:
+    """A 500 in the middle of a conversation sends the whole entry back. bfcl-eval keeps the tools'
+    state per entry id for the life of the process: without a reset, the second attempt would run on
+    the file system the first one had already changed, and the model would see other tool results
+    (the logged states and results differ from a run without faults)."""
+    # one thread: the stand-in's seeded dice then fail the same requests on every run
+    args = ("multi_turn_base", "--limit", "8", "--max-retries", "0", "--retry-rounds", "10", "--num-threads", "1")
+    clean = run_bfcl_ext(run_args(standin_factory(), tmp_path / "clean", *args), timeout=300)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    faulty_standin = standin_factory("--error-rate", "0.1", "--seed", "3")
+    faulty = run_bfcl_ext(run_args(faulty_standin, tmp_path / "faulty", *args), timeout=300)
+    assert faulty.returncode == 0, faulty.stderr[-3000:]
+
+    summary = read_json(tmp_path / "faulty" / "summary.json")
+    assert summary["entries"]["retried"] > 0, "no entry failed mid-conversation: the test proves nothing"
+    assert summary["categories"]["multi_turn_base"] == {"accuracy": 1.0, "correct": 8, "total": 8}
+    logs = {run: {line["id"]: line["inference_log"] for line in result_lines(tmp_path / run)}
+            for run in ("clean", "faulty")}
+    assert logs["faulty"] == logs["clean"], "an entry asked again saw the state its failed attempt left"
