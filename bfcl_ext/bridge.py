@@ -814,6 +814,15 @@ def install_web_search(base_url: str, api_key: str, timeout: float, max_retries:
     return stats
 
 
+# ---------------------------------------------------------------- memory_vector
+
+
+def load_memory_vector() -> None:
+    """Import bfcl-eval's vector memory backend, which loads its embedding model at import time
+    (``bfcl_ext.embeddings.use_embedding_model`` says which, first)."""
+    importlib.import_module("bfcl_eval.eval_checker.multi_turn_eval.func_source_code.memory_vector")
+
+
 # ---------------------------------------------------------------- evaluation
 
 

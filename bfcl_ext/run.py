@@ -83,6 +83,7 @@ def plan_categories(settings: Settings) -> CategoryPlan:
 def _embedding_model(settings: Settings) -> Path:
     from bfcl_ext import embeddings
 
+    embeddings.require_embedding_packages()
     return embeddings.resolve_embedding_model(settings.embedding_model)
 
 
@@ -256,6 +257,7 @@ def _prepare_tools(plan: CategoryPlan, settings: Settings) -> Tools:
 
         embeddings.use_embedding_model(plan.embedding_model)
         embedding = embeddings.embedding_identity(plan.embedding_model)
+        bridge.load_memory_vector()  # the encoder loads now, while the server may still be loading
     return Tools(search, settings.search_base_url if search else None, embedding)
 
 
