@@ -30,6 +30,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from collections.abc import Callable
 
+from bfcl_ext import standin_agentic
+from bfcl_ext import standin_multiturn
+
 CATEGORIES: tuple[str, ...] = (
     "simple_python",
     "simple_java",
@@ -115,12 +118,18 @@ class StandinOptions:
     die_after: int | None = None
     seed: int = 0
     version: str = "0.32.0"
+    web_search_answer: str = "search-first"  # or "direct" (see standin_agentic)
+    search_api_key: str | None = field(default=None, repr=False)  # /search: SerpAPI's api_key
+    search_error_rate: float = 0.0
+    search_rate_limit_rate: float = 0.0
+    search_always_fail: str | None = None  # "no-results" or "503"
 
     def __post_init__(self) -> None:
         if not self.served_model_names:
             raise ValueError("served_model_names: at least one name is needed")
         _parse_mode(self.mode)
-        for name in ("error_rate", "rate_limit_rate"):
+        standin_agentic.check_options(self.web_search_answer, self.search_always_fail)
+        for name in ("error_rate", "rate_limit_rate", "search_error_rate", "search_rate_limit_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be between 0 and 1")
         for name in ("load_delay", "latency"):
@@ -143,11 +152,12 @@ def _parse_mode(mode: str) -> str | None:
     if mode == "wrong":
         return "*"
     prefix, _, category = mode.partition(":")
-    if prefix == "wrong-category" and category in CATEGORIES:
+    known = (*CATEGORIES, *standin_agentic.AGENTIC_CATEGORIES, *standin_multiturn.CATEGORIES)
+    if prefix == "wrong-category" and category in known:
         return category
     raise ValueError(
         f"mode={mode!r}: expected 'oracle', 'wrong' or 'wrong-category:<cat>' "
-        f"with <cat> one of {', '.join(CATEGORIES)}"
+        f"with <cat> one of {', '.join(known)}"
     )
 
 
@@ -627,6 +637,10 @@ class _State:
     def __init__(self, options: StandinOptions) -> None:
         self.options = options
         self.oracle = _Oracle()
+        self.agentic = standin_agentic.AgenticOracle()
+        self.search = standin_agentic.SearchService(standin_agentic.SearchSettings(
+            options.search_api_key, options.search_error_rate, options.search_rate_limit_rate,
+            options.search_always_fail, options.seed), self.agentic)
         self._lock = threading.Lock()
         self._dice = random.Random(options.seed)
         self._in_flight = 0
@@ -658,7 +672,8 @@ class _State:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {**self._counts, "in_flight": self._in_flight, "entries": dict(self._entries)}
+            snapshot = {**self._counts, "in_flight": self._in_flight, "entries": dict(self._entries)}
+        return {**snapshot, "search": self.search.snapshot()}
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -727,6 +742,8 @@ class _Handler(BaseHTTPRequestHandler):
             "/v1/chat/completions": {"POST": self._chat},
             "/v1/completions": {"POST": self._completion},
             "/standin/stats": {"GET": self._stats},
+            "/search": {"GET": self._search},  # SerpAPI's, for bfcl-eval's web search
+            "/search.json": {"GET": self._search},
         }
 
     def _read_body(self) -> bytes:
@@ -783,6 +800,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stats(self, _body: bytes) -> None:
         self._send_json(HTTPStatus.OK, self.server.state.snapshot())
+
+    def _search(self, _body: bytes) -> None:
+        status, payload = self.server.state.search.answer(self.path)
+        self._send_json(HTTPStatus(status), payload)
 
     # -- completions
 
@@ -886,6 +907,15 @@ class _Handler(BaseHTTPRequestHandler):
         messages = body["messages"] if isinstance(body["messages"], list) else []
         context = "\n".join(_text_of(m.get("content")) for m in messages if isinstance(m, dict))
         offered = _offered_tools(body)
+        agentic = standin_agentic.answer_chat(self.server.state.agentic, self.server.options, messages, offered)
+        if agentic is not None:  # memory and web search: see standin_agentic
+            reply, entry_id = agentic
+            answer = reply if isinstance(reply, str) else [_Call(name, args, {}) for name, args in reply]
+            return _chat_response(model, answer, "python", offered, context), entry_id
+        turn = standin_multiturn.ORACLE.answer(messages, offered, self.server.options.is_wrong_for)
+        if turn is not None:  # multi_turn_*: see standin_multiturn
+            answer = turn.text if turn.text is not None else [_Call(c.name, c.arguments, {}) for c in turn.calls]
+            return turn.mark(_chat_response(model, answer, "python", offered, context)), turn.entry_id
         oracle = self.server.state.oracle
         if offered:
             tools_text = json.dumps(body.get("tools"), ensure_ascii=False)
@@ -1148,6 +1178,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-concurrency", type=int, help="completions in flight beyond this get 429")
     parser.add_argument("--die-after", type=int, help="crash (exit 1) after this many completion requests")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault dice")
+    search = parser.add_argument_group("web search", "GET /search(.json): a SerpAPI stand-in (engine=duckduckgo)")
+    search.add_argument("--web-search-answer", choices=standin_agentic.WEB_SEARCH_ANSWERS, default="search-first",
+                        help="web_search entries: call search_engine_query first (default), or answer at once")
+    search.add_argument("--search-api-key-env", metavar="VAR",
+                        help="require the SerpAPI api_key held by this environment variable (401 otherwise)")
+    search.add_argument("--search-error-rate", type=float, default=0.0, help="share of searches answered 500")
+    search.add_argument("--search-rate-limit-rate", type=float, default=0.0, help="share of searches answered 429")
+    search.add_argument("--search-always-fail", choices=standin_agentic.SEARCH_OUTAGES,
+                        help="every search fails: 200 without results, or 503")
     return parser
 
 
@@ -1157,6 +1196,11 @@ def _options_from(args: argparse.Namespace) -> StandinOptions:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise ValueError(f"--api-key-env={args.api_key_env}: that environment variable is not set")
+    search_api_key = None
+    if args.search_api_key_env:
+        search_api_key = os.environ.get(args.search_api_key_env)
+        if not search_api_key:
+            raise ValueError(f"--search-api-key-env={args.search_api_key_env}: that environment variable is not set")
     names = args.served_model_names or ([args.model] if args.model else None)
     return StandinOptions(
         host=args.host,
@@ -1171,6 +1215,11 @@ def _options_from(args: argparse.Namespace) -> StandinOptions:
         max_concurrency=args.max_concurrency,
         die_after=args.die_after,
         seed=args.seed,
+        web_search_answer=args.web_search_answer,
+        search_api_key=search_api_key,
+        search_error_rate=args.search_error_rate,
+        search_rate_limit_rate=args.search_rate_limit_rate,
+        search_always_fail=args.search_always_fail,
     )
 
 
