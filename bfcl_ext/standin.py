@@ -262,19 +262,34 @@ def _ground_truth_call(case: _Case, call: dict[str, Any]) -> _Call:
     properties, required = parameters.get("properties", {}), parameters.get("required", [])
     arguments = {}
     for param, accepted in options.items():
-        value = _argument(accepted, offered=param in properties, required=param in required)
+        schema = properties.get(param)
+        value = _argument(accepted, schema, required=param in required)
         if value is not _OMIT:
             arguments[param] = value
     return _Call(name, arguments, properties)
 
 
-def _argument(accepted: Any, offered: bool, required: bool) -> Any:
-    """One parameter's value, or _OMIT. Ground truth sometimes names parameters the function
-    does not have (left out when allowed) or accepts only "" for a required one (sent as "")."""
-    if not offered and isinstance(accepted, list) and "" in accepted:
+def _argument(accepted: Any, schema: dict[str, Any] | None, required: bool) -> Any:
+    """One parameter's value (``schema`` None: the function has no such parameter), or _OMIT.
+    Ground truth sometimes names parameters the function does not have (left out when allowed)
+    or offers nothing but "" (or nothing at all) for a required one: that is sent empty, as a
+    model would, in the parameter's declared type ("" for a string, [] for an array)."""
+    if schema is None and isinstance(accepted, list) and "" in accepted:
         return _OMIT
     value = _first_acceptable(accepted)
-    return "" if value is _OMIT and required else value
+    if value is _OMIT and required:
+        return _empty(schema or {})
+    return value
+
+
+_EMPTY: dict[str, type] = {
+    "array": list, "tuple": list, "Array": list, "ArrayList": list, "dict": dict, "HashMap": dict
+}
+
+
+def _empty(schema: dict[str, Any]) -> Any:
+    """An empty value of a parameter's declared type; "" for strings and anything else."""
+    return _EMPTY.get(schema.get("type", "string"), str)()
 
 
 def _first_acceptable(options: Any) -> Any:

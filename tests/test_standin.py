@@ -180,6 +180,40 @@ def test_oracle_declines_irrelevant_and_unknown_questions(standin: Any) -> None:
     assert unknown["content"] == "I cannot help with that." and "tool_calls" not in unknown
 
 
+def test_oracle_sends_required_parameters_without_options_empty_in_their_type(standin: Any) -> None:
+    from bfcl_ext.standin import _OMIT, _argument
+
+    # live_simple_112-68-0: five required arrays whose options list is empty ([]); "" was sent
+    # ("Expected type array, got str"). [] is what a model sends. (BFCL's checker still rejects
+    # any value where a required parameter has no options at all, so the entry stays missed.)
+    entry, truth = bfcl_entry("live_simple", "live_simple_112-68-0")
+    assert truth["ground_truth"][0]["record"]["acc_routing_start"] == []
+    ((arguments,),) = [call.values() for call in tool_calls(chat(standin(), bfcl_chat_request(entry)))]
+    assert arguments == {
+        "acc_routing_start": [], "atm_finder_start": [], "faq_link_accounts_start": [],
+        "get_balance_start": [], "get_transactions_start": [], "outofscope": ["what is the weather like"],
+    }
+    assert _argument([], {"type": "array", "items": {"type": "string"}}, required=True) == []
+    assert _argument([""], {"type": "dict"}, required=True) == {}
+    # live_multiple_507-149-4: a required string whose only option is "": "" passes, still sent
+    assert _argument([""], {"type": "string"}, required=True) == ""
+    assert _argument(["", "x"], {"type": "string"}, required=False) == "x"
+    assert _argument(["", 1], None, required=False) is _OMIT  # a parameter the function lacks
+
+
+def test_identical_requests_of_two_entries_get_one_answer(standin: Any) -> None:
+    """Pins a decision, not a fix: live_simple_29-7-2 and live_irrelevance_118-7-8 (likewise
+    live_multiple_262-125-1 / live_irrelevance_565-173-0, live_simple_176-102-0 /
+    live_irrelevance_567-175-0) send byte-identical requests, yet one expects a call and the
+    other none. No model can pass both; the oracle answers as the call's entry (BFCL's order)."""
+    server = standin()
+    called, _ = bfcl_entry("live_simple", "live_simple_29-7-2")
+    declined, _ = bfcl_entry("live_irrelevance", "live_irrelevance_118-7-8")
+    assert bfcl_chat_request(called) == bfcl_chat_request(declined)
+    expected = [{"uber_eat_order": {"restaurant": "McDonald's", "items": ["pizza"], "quantities": [1]}}]
+    assert tool_calls(chat(server, bfcl_chat_request(declined))) == expected
+
+
 def test_completions_answer_in_python_call_syntax(standin: Any) -> None:
     server = standin()
     entry, _ = bfcl_entry("simple_python", "simple_python_1")
