@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -58,3 +59,27 @@ def test_vendor_api_registry_model_is_refused(tmp_path: Path) -> None:
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "vendor API" in done.stderr
+
+
+def test_format_sensitivity_runs_for_a_prompt_mode_registry_model(
+    standin_factory, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Where upstream runs it: prompt-mode models, each entry in one of BFCL's 26 prompt formats.
+    The stand-in's oracle reads only BFCL's default prompt format, so only the score's existence is
+    asserted here, not its value."""
+    standin = standin_factory("--served-model-name", "served-qwen")
+    out = tmp_path / "out"
+    done = run_bfcl_ext(
+        ["run", "--skip-vllm", "--model", PROMPT_MODEL, "--served-model-name", "served-qwen",
+         "--tokenizer", str(tiny_model_dir), "--test-category", "format_sensitivity", "--limit", "26",
+         "--output-dir", str(out)],
+        env={"VLLM_BASE_URL": standin.base_url},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "format_sensitivity: not run" not in done.stderr
+    summary = read_json(out / "summary.json")
+    score = summary["categories"]["format_sensitivity"]
+    assert score["total"] == 26 and 0 < score["correct"] <= 26
+    assert summary["leaderboard"]["not_run"] == {}
+    score_file = out / "score" / "Qwen_Qwen3-0.6B" / "format_sensitivity" / "BFCL_v4_format_sensitivity_score.json"
+    assert json.loads(score_file.read_text().splitlines()[0])["total_count"] == 26
