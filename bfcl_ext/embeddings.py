@@ -151,7 +151,7 @@ def resolve_embedding_model(setting: Path | None) -> Path:
             return snapshot.absolute()  # not resolve(): keep the snapshot path, not the blob links
         looked.append(f"{snapshot} ({problem})")
     raise ConfigError(
-        EMBEDDING_SETTING, None,
+        EMBEDDING_SETTING, "",
         f"memory_vector needs the embedding model {HUB_REPO_ID} and bfcl-ext never downloads it: "
         f"none usable in the local Hugging Face cache (looked in {'; '.join(looked)}); either put it in "
         f"the cache (HF_HOME or HF_HUB_CACHE, e.g. `hf download {HUB_REPO_ID}` on a machine online) or "
