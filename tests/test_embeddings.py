@@ -153,7 +153,7 @@ def test_cache_miss_is_a_config_error_saying_where_and_how(hf_home: Path) -> Non
     with pytest.raises(ConfigError) as excinfo:
         resolve_embedding_model(None)
     message = config_error(excinfo)
-    assert message.startswith(f"{EMBEDDING_SETTING}=None: ")
+    assert message.startswith(f"{EMBEDDING_SETTING}='': ")
     assert f"looked in {hf_home / 'hub'} (not there)" in message
     assert "sentence-transformers/all-MiniLM-L6-v2" in message
     assert "never downloads" in message and "HF_HOME" in message
