@@ -13,6 +13,7 @@ else imports the evaluator (5-9 s), and needs ``use_project_root`` first.
 from __future__ import annotations
 
 import copy
+import errno
 import importlib.util
 import json
 import os
@@ -259,11 +260,16 @@ class RequestStats:
     ok: int = 0
     errors_by_status: dict[str, int] = field(default_factory=dict)
     calls: int = 0
+    bad_replies: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count_call(self) -> None:
         with self.lock:
             self.calls += 1
+
+    def count_bad_reply(self) -> None:
+        with self.lock:
+            self.bad_replies += 1
 
     def count_sent(self) -> None:
         with self.lock:
@@ -285,34 +291,108 @@ class RequestStats:
             # a request sent that got no HTTP answer at all: refused, reset, timed out
             "connection_errors": max(0, self.sent - self.ok - sum(self.errors_by_status.values())),
             "retried_requests": max(0, self.sent - self.calls),
+            # an HTTP 200 the client could not use (body not JSON, no choices, null message, no usage)
+            "bad_replies": self.bad_replies,
         }
 
 
 class _GuardedCreate:
-    """Wraps ``client.<x>.completions.create``: our timeout, no silent bad answers, no endless 429 loop."""
+    """Wraps ``client.<x>.completions.create``: our timeout, no silent bad answers, no endless 429 loop.
 
-    def __init__(self, create: Callable[..., Any], stats: RequestStats) -> None:
+    A reply with status 200 that the handler cannot use (a body that is not JSON, no choices, a
+    null message or text, no usage) is a server fault like a 5xx, never the model's answer. The
+    OpenAI SDK retries no 200, so it is retried here, ``retries`` times with the SDK's backoff
+    (``make_client`` sets the client's ``max_retries``), then raised as ``TransportError``.
+    """
+
+    def __init__(self, create: Callable[..., Any], stats: RequestStats, retries: int = 0) -> None:
+        import time
+
         self._create = create
         self._stats = stats
+        self.retries = retries
+        self.sleep: Callable[[float], None] = time.sleep
 
     def create(self, **kwargs: Any) -> Any:
         import openai
 
         kwargs.pop("timeout", None)  # upstream passes 72000 s; the client's timeout applies instead
         self._stats.count_call()
-        try:
-            response = self._create(**kwargs)
-        except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as error:
-            raise TransportError(_describe(error)) from None
-        except openai.APIStatusError as error:
-            if error.status_code in (401, 403, 404, 408, 409) or error.status_code >= 500:
+        problem = "no attempt"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.sleep(_backoff(attempt))
+            try:
+                response = self._create(**kwargs)
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as error:
                 raise TransportError(_describe(error)) from None
-            raise  # 400 and friends: the request itself was refused; upstream scores it as wrong
-        except openai.APIResponseValidationError as error:
-            raise TransportError(f"malformed response: {error.message}") from None
-        if not getattr(response, "choices", None):
-            raise TransportError("the server answered without choices")
-        return response
+            except openai.APIStatusError as error:
+                if error.status_code in (401, 403, 404, 408, 409) or error.status_code >= 500:
+                    raise TransportError(_describe(error)) from None
+                raise  # 400 and friends: the request itself was refused; upstream scores it as wrong
+            except _unparseable_errors() as error:  # the SDK could not read the body of a 200
+                problem = _describe_unparseable(error)
+            else:
+                problem = _unusable(response)
+                if problem is None:
+                    return response
+            self._stats.count_bad_reply()
+        tries = f", {self.retries + 1} tries" if self.retries else ""
+        raise TransportError(f"unusable reply (HTTP 200{tries}): {problem}")
+
+
+def _backoff(attempt: int) -> float:
+    """The OpenAI SDK's wait before retry ``attempt`` (1, 2, ...): 0.5 s doubling, at most 8 s, less 0-25%."""
+    import random
+
+    return min(0.5 * 2.0 ** (attempt - 1), 8.0) * (1 - 0.25 * random.random())
+
+
+def _unparseable_errors() -> tuple[type[BaseException], ...]:
+    """What the OpenAI SDK raises, from ``create``, on a body it cannot read (found by trying):
+    a body that is not JSON, cut short or empty: ``json.JSONDecodeError`` (not wrapped);
+    with strict validation, a body that does not fit the schema: ``APIResponseValidationError``."""
+    import openai
+    import pydantic
+
+    return (json.JSONDecodeError, UnicodeDecodeError, openai.APIResponseValidationError, pydantic.ValidationError)
+
+
+def _describe_unparseable(error: BaseException) -> str:
+    if isinstance(error, json.JSONDecodeError):
+        return f"the body is not valid JSON (cut short or garbled: {error})"
+    if isinstance(error, UnicodeDecodeError):
+        return "the body is not valid UTF-8"
+    return f"the body does not fit the OpenAI schema ({type(error).__name__})"
+
+
+def _unusable(response: Any) -> str | None:
+    """Why a parsed reply is not one the handler can read (None: it is). bfcl-eval's handlers read
+    ``choices[0].message`` (chat) or ``choices[0].text`` (completions) and ``usage``'s two token
+    counts; the SDK builds its objects without validation, so a null or missing one gets through."""
+    from openai.types import Completion
+
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        return "an empty reply: the server answered without choices" + (" (choices: [])" if choices == [] else "")
+    choice = choices[0]
+    if choice is None:
+        return "choices[0] is null"
+    if isinstance(response, Completion):
+        if not isinstance(getattr(choice, "text", None), str):
+            return "choices[0].text is null" if getattr(choice, "text", None) is None else "choices[0].text is not text"
+    else:
+        message = getattr(choice, "message", None)
+        if message is None:
+            return "choices[0].message is null"
+        if not hasattr(message, "content"):
+            return "choices[0].message is not a message"
+    usage = getattr(response, "usage", None)
+    if usage is None:
+        return "no usage"
+    if not all(isinstance(getattr(usage, name, None), int) for name in ("prompt_tokens", "completion_tokens")):
+        return "usage without prompt_tokens and completion_tokens"
+    return None
 
 
 def _describe(error: Exception) -> str:
@@ -355,7 +435,10 @@ def make_client(base_url: str, api_key: str | None, timeout: float, max_retries:
         max_retries=max_retries,
         http_client=http_client,
     )
-    return _GuardedClient(client, stats)
+    guarded = _GuardedClient(client, stats)
+    for guard in (guarded.chat.completions, guarded.completions):
+        guard.retries = max_retries  # the SDK retries connection errors and 5xx, we an unusable 200
+    return guarded
 
 
 # ---------------------------------------------------------------- a session: handler + files
@@ -532,9 +615,21 @@ def _clean_lines(path: Path, dropped: dict[str, int]) -> tuple[list[str], bool]:
 
 
 def _is_transport_error_answer(result: Any) -> bool:
-    return isinstance(result, str) and result.startswith("Error during inference:") and any(
-        marker in result for marker in ("Connection", "Timeout", "InternalServerError", "RateLimit", "HTTP 5")
+    """An "Error during inference" line an older version wrote for a server fault, not a model answer:
+    a failed connection, a 5xx or 429, or a 200 the client could not use (the body not JSON: the
+    SDK's JSONDecodeError; a null message or no usage: the handler's AttributeError on None)."""
+    import re
+
+    if not (isinstance(result, str) and result.startswith("Error during inference:")):
+        return False
+    markers = ("Connection", "Timeout", "InternalServerError", "RateLimit", "HTTP 5", "JSONDecodeError",
+               "APIResponseValidationError")
+    unusable_reply = (
+        r"line \d+ column \d+ \(char \d+\)$"  # str(JSONDecodeError): "Expecting value: line 1 column 1 (char 0)"
+        r"|'NoneType' object has no attribute '(choices|message|content|tool_calls|text|usage|prompt_tokens"
+        r"|completion_tokens)'"
     )
+    return any(marker in result for marker in markers) or re.search(unusable_reply, result) is not None
 
 
 def _atomic_write_lines(path: Path, lines: list[str]) -> None:
@@ -601,6 +696,11 @@ def answer(session: Session, entry: dict[str, Any]) -> dict[str, Any]:
     except TransportError:
         raise
     except Exception as error:  # noqa: BLE001 - upstream's own rule: the model's failure is its answer
+        if isinstance(error, OSError) and error.errno in DISK_ERRNOS:
+            # a tool's own file (a memory backend saving its state) met a full or read-only disk
+            from bfcl_ext.errors import OutputError
+
+            raise OutputError(error.filename or session.result_dir, error.strerror or str(error)) from error
         if isinstance(error.__cause__, TransportError) or isinstance(error.__context__, TransportError):
             raise TransportError(str(error)) from None
         result, metadata = f"Error during inference: {error}", {"error_type": type(error).__name__}
@@ -612,6 +712,7 @@ def answer(session: Session, entry: dict[str, Any]) -> dict[str, Any]:
     return {"id": entry["id"], "result": result, **metadata}
 
 
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
 _tool_failures = threading.local()  # .current: the failures of the entry this thread is answering
 
 
@@ -636,9 +737,35 @@ def _forget_tool_state(session: Session, entry: dict[str, Any]) -> None:
 
 
 def write_answer(session: Session, line: dict[str, Any]) -> None:
-    """Append one answer; a single writer at a time, flushed before returning."""
+    """Append one answer; a single writer at a time, flushed before returning.
+
+    An answer that cannot be written (read-only folder, disk full, no permission, quota) raises
+    ``OutputError`` naming the file and the cause; a line cut short by a full disk is cut off
+    again, so the file keeps whole lines only (and every answer written before).
+    """
+    from bfcl_eval.utils import extract_test_category_from_id, get_directory_structure_by_id
+
+    from bfcl_ext.errors import OutputError
+
+    entry_id = line["id"]  # the file upstream's handler.write appends to
+    path = (session.result_dir / session.model_dir / get_directory_structure_by_id(entry_id)
+            / f"{_version_prefix()}_{extract_test_category_from_id(entry_id)}_result.json")
     with session.write_lock:
-        session.handler.write(line, result_dir=session.result_dir, update_mode=False)
+        try:
+            size: int | None = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        except OSError:
+            size = None  # not knowable: nothing is cut off
+        try:
+            session.handler.write(line, result_dir=session.result_dir, update_mode=False)
+        except OSError as error:
+            try:
+                if size is not None and path.stat().st_size > size:
+                    os.truncate(path, size)
+            except OSError:
+                pass  # then the next run's repair_result_files drops the torn last line
+            raise OutputError(error.filename or path, error.strerror or str(error)) from error
 
 
 def sort_result_files(session: Session) -> None:
@@ -664,39 +791,60 @@ def restore_memory_snapshots(session: Session, entries: Sequence[dict[str, Any]]
     result file. A kill in between leaves a state one conversation ahead of the answers: asked
     again, that conversation would be applied twice. So on every start the state is rebuilt
     from the checkpoint of the last prerequisite whose answer is on disk (or cleared when none is).
+    A scenario whose questions are all answered needs no state; one whose checkpoint is lost has
+    its prerequisite conversations asked again (they are not scored; its questions' answers stay).
     """
     from bfcl_eval.utils import get_directory_structure_by_id
 
     answered = answered_ids(session)
     changes: list[str] = []
     for chain in _prerequisite_chains(entries):
+        first = chain[0]
+        questions = [e["id"] for e in entries if "prereq" not in e["id"] and e.get("scenario") == first["scenario"]
+                     and category_of(e["id"]) == category_of(first["id"])]
+        if all(question in answered for question in questions):
+            continue
         done = []
         for entry in chain:  # only a prefix can be answered: each depends on all before it
             if entry["id"] not in answered:
                 break
             done.append(entry["id"])
         model_results = session.result_dir / session.model_dir
-        folder = model_results / get_directory_structure_by_id(chain[0]["id"]) / "memory_snapshot"
-        state = folder / f"{chain[0]['scenario']}_final.json"
+        folder = model_results / get_directory_structure_by_id(first["id"]) / "memory_snapshot"
+        state = folder / f"{first['scenario']}_final.json"
+        saved = _checkpoint(folder, done[-1]) if done else None
+        if done and saved is None:
+            _forget_answers(session, {entry["id"] for entry in chain})
+            changes.append(f"{state.name}: the checkpoint of {done[-1]} is missing or damaged; the "
+                           f"{len(done)} prerequisite conversations of {first['scenario']} are asked again")
+            done = []
         if not done:
             if state.exists():
                 state.unlink()
                 changes.append(f"{state.name}: cleared (no prerequisite answered yet)")
             continue
-        checkpoint = folder / "prereq_checkpoints" / f"{done[-1]}.json"
-        try:
-            saved = checkpoint.read_bytes()
-            json.loads(saved)
-        except (OSError, ValueError):
-            raise ConfigError(
-                "memory state", str(checkpoint),
-                f"missing or damaged, though {done[-1]} is answered; delete {state.parent} and the "
-                f"memory result files of {session.model_dir} to ask its prerequisites again",
-            ) from None
         if not state.exists() or state.read_bytes() != saved:
             _atomic_write_bytes(state, saved)
-            changes.append(f"{state.name}: restored from {checkpoint.name}")
+            changes.append(f"{state.name}: restored from {done[-1]}.json")
     return changes
+
+
+def _checkpoint(folder: Path, entry_id: str) -> bytes | None:
+    try:
+        saved = (folder / "prereq_checkpoints" / f"{entry_id}.json").read_bytes()
+        json.loads(saved)
+    except (OSError, ValueError):
+        return None
+    return saved
+
+
+def _forget_answers(session: Session, ids: set[str]) -> None:
+    """Drop these entries' lines from the result files (atomically), so that they are asked again."""
+    for path in result_files(session):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if not line.strip() or json.loads(line)["id"] not in ids]
+        if len(kept) != len(lines):
+            _atomic_write_lines(path, kept)
 
 
 def _prerequisite_chains(entries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -724,12 +872,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 class SearchStats:
     calls: int = 0
     failed: int = 0
+    retried: int = 0  # requests sent again after a failure (5xx, 429, no answer, a bad body)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def count(self, ok: bool) -> None:
+    def count(self, ok: bool, retries: int) -> None:
         with self.lock:
             self.calls += 1
             self.failed += 0 if ok else 1
+            self.retried += retries
 
 
 class _SearchService:
@@ -767,11 +917,11 @@ class _SearchService:
                 time.sleep(min(2.0**attempt, 30.0))
             payload, problem, retry = self._once(query)
             if payload is not None:
-                self.stats.count(ok=True)
+                self.stats.count(ok=True, retries=attempt)
                 return payload
             if not retry:
                 break
-        self.stats.count(ok=False)
+        self.stats.count(ok=False, retries=attempt)
         failures = getattr(_tool_failures, "current", None)
         if failures is not None:
             failures.append(f"web search: {problem}".replace(self._api_key, "<redacted>") if self._api_key
@@ -781,16 +931,32 @@ class _SearchService:
 
     def _once(self, query: dict[str, Any]) -> tuple[dict[str, Any] | None, str, bool]:
         """(results, why not, worth retrying); messages never carry the URL (the key is in it)."""
+        import time
+
         import requests
 
+        # requests' timeout bounds each read, not the answer: a body sent a byte at a time would
+        # never time out. The whole answer gets the request timeout: then the connection is closed.
+        deadline = time.monotonic() + self._timeout
         try:
-            response = requests.get(self._url, params=query, timeout=self._timeout)
-        except requests.RequestException as error:
+            with requests.get(self._url, params=query, timeout=self._timeout, stream=True) as response:
+                if response.status_code != 200:
+                    return (None, f"HTTP {response.status_code} from the search service",
+                            response.status_code in self.RETRYABLE)
+                watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, (response,))
+                watchdog.start()
+                try:
+                    body = response.content
+                finally:
+                    watchdog.cancel()
+        except (requests.RequestException, AttributeError, ValueError) as error:
+            if time.monotonic() >= deadline:  # the watchdog closed it (urllib3 may then raise odd errors)
+                return None, f"the search service took over {self._timeout:g} s to answer", True
             return None, f"{type(error).__name__} (no answer from the search service)", True
-        if response.status_code != 200:
-            return None, f"HTTP {response.status_code} from the search service", response.status_code in self.RETRYABLE
+        if time.monotonic() >= deadline:
+            return None, f"the search service took over {self._timeout:g} s to answer", True
         try:
-            payload = response.json()
+            payload = json.loads(bytes(body))
         except ValueError:
             return None, "the search service answered with a body that is not JSON", True
         if not isinstance(payload, dict):
@@ -803,6 +969,23 @@ class _SearchService:
             return {**payload, "organic_results": []}, "", False
         error = str(payload.get("error", "no results field"))
         return None, f"the search service answered without results ({error[:80]})", False
+
+
+def _abort(response: Any) -> None:
+    """Wake a read blocked on ``response``: shut its socket down (closing the response from another
+    thread does not). The socket sits under urllib3 and http.client; without one, close."""
+    import socket
+
+    sock = getattr(getattr(response.raw, "_connection", None), "sock", None)
+    if sock is None:
+        sock = getattr(getattr(getattr(getattr(response.raw, "_fp", None), "fp", None), "raw", None), "_sock", None)
+    try:
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+        else:
+            response.close()
+    except OSError:
+        pass
 
 
 def install_web_search(base_url: str, api_key: str, timeout: float, max_retries: int) -> SearchStats:

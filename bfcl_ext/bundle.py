@@ -1,10 +1,11 @@
 """``bfcl-ext bundle`` and ``bfcl-ext verify``: one run as a reproducible, checksummed archive, and its check.
 
 A bundle is a ``.tar.gz`` holding one folder, ``bfcl-run/``: ``summary.json``, ``manifest.json``,
-BFCL's ``result/`` and ``score/`` trees (with ``score/data_overall.csv``, BFCL's leaderboard row),
-``logs/`` when the run launched vLLM, and ``SHA256SUMS`` (``sha256sum -c`` format, every other
-file). Bundling the same folder twice gives the same bytes: members sorted, regular files only,
-fixed mtime/owner/mode, gzip without a name or a time stamp.
+the run's model's ``result/<model>/`` and ``score/<model>/`` trees, BFCL's leaderboard CSVs
+(``score/data_*.csv``, with that model's row only), ``logs/`` when the run launched vLLM, and
+``SHA256SUMS`` (``sha256sum -c`` format, every other file). A folder used for several models holds
+their trees side by side; the others stay out. Bundling the same folder twice gives the same bytes:
+members sorted, regular files only, fixed mtime/owner/mode, gzip without a name or a time stamp.
 
 Verifying never trusts the archive: the gzip stream is read to its end (a truncated archive fails
 there), every member is checked before anything is written (a name that climbs out with ``..``,
@@ -12,12 +13,23 @@ an absolute name, a link, a device: refused), and regular files are then written
 inside a temporary folder that is removed afterwards. Then: checksums, the bfcl-eval version and
 its datasets, and a re-score of the bundled answers with BFCL's checker, compared with every score
 the bundle records. Only this last step imports the evaluator (through ``bridge``).
+
+A bundle vouches for everything it carries, and it carries one model: the run's. Why not re-score
+every model a folder holds instead: the bundle's summary.json, manifest.json and dataset hashes
+describe one run; another model's trees would come with no summary, served name, manifest or
+dataset hashes of their own (re-scoring them needs a served name the bundle does not record), and
+the bundle would then speak for runs it does not describe. Packing the run's model alone is the
+simpler guarantee, and a bundle meant as one model's submission loses nothing by it: bundling
+packs nothing else (``result/<model>/``, ``score/<model>/``, its row of each leaderboard CSV), and
+verify refuses a bundle that holds another model's tree, another model's leaderboard row, any file
+outside the layout above, or a score file or leaderboard CSV that re-scoring does not write again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import fnmatch
 import gzip
 import hashlib
 import io
@@ -39,8 +51,10 @@ from bfcl_ext.errors import BfclExtError, ConfigError, VerificationError
 PREFIX = "bfcl-run"
 SUMS = "SHA256SUMS"
 TOP_FILES = ("summary.json", "manifest.json")
-TREES = ("result", "score", "logs")
+MODEL_TREES = ("result", "score")  # BFCL's: one folder per model inside each (model_dir_name)
 LEADERBOARD_CSV = "score/data_overall.csv"
+LEADERBOARD_CSVS = "data_*.csv"  # BFCL's leaderboard tables, directly under score/: one row per model scored there
+BFCL_EXT_DISPLAY_SUFFIX = " (FC; bfcl-ext)"  # the display name bridge gives a served model BFCL does not know
 FIXED_MTIME = 0
 FILE_MODE = 0o644
 GZIP_LEVEL = 6
@@ -65,9 +79,9 @@ class BundleReport:
 
 def bundle(output_dir: Path, archive: Path) -> BundleReport:
     """Pack ``output_dir`` into ``archive`` (written atomically)."""
-    files = collect(output_dir, exclude=archive)
-    summary = _json_of(files, "summary.json", output_dir)
     warnings: list[str] = []
+    files = _collect(output_dir, archive, warnings)
+    summary = _json_of(files, "summary.json", output_dir)
     if summary.get("status") != "complete":
         warnings.append(f"the run's status is {summary.get('status')!r}, not 'complete'")
     board = summary.get("leaderboard")
@@ -89,8 +103,27 @@ def bundle(output_dir: Path, archive: Path) -> BundleReport:
     return BundleReport(archive, len(files), archive.stat().st_size, where, tuple(warnings), leaderboard, complete)
 
 
+def model_dir_name(model: str) -> str:
+    """The folder BFCL keeps a model's answers and scores in, under ``result/`` and ``score/``.
+
+    bfcl-eval's ``BaseHandler.registry_dir_name``: the registry name with ``/`` made ``_``
+    (``bridge.Session.model_dir``); bfcl-ext scores under ``--model``, which summary.json records.
+    """
+    return model.replace("/", "_")
+
+
 def collect(output_dir: Path, exclude: Path | None = None) -> dict[str, bytes]:
     """The files a bundle holds, by path relative to the run folder (``/``-separated)."""
+    return _collect(output_dir, exclude, [])
+
+
+def _collect(output_dir: Path, exclude: Path | None, warnings: list[str]) -> dict[str, bytes]:
+    """The run's files: the top files, its model's trees, its rows of the leaderboard CSVs, the logs.
+
+    BFCL keeps every model scored in a folder side by side (``result/<model>/``, ``score/<model>/``,
+    one row each in ``score/data_*.csv``); ``verify`` re-scores the run's model only, so the other
+    models stay out (named in ``warnings``) rather than ride along unchecked.
+    """
     if not output_dir.is_dir():
         raise ConfigError(OUTPUT_SETTING, str(output_dir), "not a folder")
     for name in TOP_FILES:
@@ -99,22 +132,80 @@ def collect(output_dir: Path, exclude: Path | None = None) -> dict[str, bytes]:
                               "bfcl-ext run")
     skip = exclude.resolve() if exclude else None
     files = {name: (output_dir / name).read_bytes() for name in TOP_FILES}
-    for tree in TREES:
+    summary = _json_of(files, "summary.json", output_dir)
+    model = summary.get("model")
+    own = model_dir_name(model) if isinstance(model, str) else ""
+    if not own or "/" in own or _name_problem(own):
+        raise ConfigError(OUTPUT_SETTING, str(output_dir), f"summary.json names no model whose folder could be "
+                          f"bundled (model {model!r})")
+    left_out: list[str] = []
+    for tree in MODEL_TREES:
         base = output_dir / tree
         if base.is_symlink() or not base.is_dir():
             continue
-        for directory, subdirs, names in os.walk(base, followlinks=False):
-            subdirs[:] = sorted(d for d in subdirs if not _is_temporary(d))
-            for name in sorted(names):
-                path = Path(directory) / name
-                if _is_temporary(name) or path.is_symlink() or not path.is_file() or path.resolve() == skip:
-                    continue
-                relative = path.relative_to(output_dir).as_posix()
-                problem = _name_problem(relative)
-                if problem:
-                    raise ConfigError(OUTPUT_SETTING, str(output_dir), f"cannot bundle {relative!r}: {problem}")
-                files[relative] = path.read_bytes()
+        for entry in sorted(base.iterdir(), key=lambda p: p.name):
+            if _is_temporary(entry.name) or entry.is_symlink() or (skip is not None and entry.resolve() == skip):
+                continue
+            if entry.is_dir() and entry.name == own:
+                files.update(_walk(output_dir, entry, skip))
+            elif tree == "score" and entry.is_file() and fnmatch.fnmatchcase(entry.name, LEADERBOARD_CSVS):
+                data, others = own_rows(entry.read_bytes(), summary)
+                name = f"score/{entry.name}"
+                if data is not None:
+                    files[name] = data
+                if others:
+                    left_out.append(f"{name}: {'the rows' if data is not None else 'the whole file, with the row'}"
+                                    f" of {', '.join(repr(m) for m in others)}")
+            else:
+                left_out.append(f"{tree}/{entry.name}{'/' if entry.is_dir() else ''}")
+    logs = output_dir / "logs"
+    if logs.is_dir() and not logs.is_symlink():
+        files.update(_walk(output_dir, logs, skip))
+    if left_out:
+        warnings.append(f"left out, not of the run's model {model!r} (result/{own}/, score/{own}/): "
+                        + "; ".join(left_out))
     return files
+
+
+def _walk(output_dir: Path, base: Path, skip: Path | None) -> dict[str, bytes]:
+    """Every regular file under ``base``: no links, no lock files or temporaries."""
+    files: dict[str, bytes] = {}
+    for directory, subdirs, names in os.walk(base, followlinks=False):
+        subdirs[:] = sorted(d for d in subdirs if not _is_temporary(d))
+        for name in sorted(names):
+            path = Path(directory) / name
+            if _is_temporary(name) or path.is_symlink() or not path.is_file() or path.resolve() == skip:
+                continue
+            relative = path.relative_to(output_dir).as_posix()
+            problem = _name_problem(relative)
+            if problem:
+                raise ConfigError(OUTPUT_SETTING, str(output_dir), f"cannot bundle {relative!r}: {problem}")
+            files[relative] = path.read_bytes()
+    return files
+
+
+def own_rows(data: bytes, summary: Mapping[str, Any]) -> tuple[bytes | None, list[str]]:
+    """A leaderboard CSV cut to the run's row, byte for byte as BFCL wrote it, and the models left out.
+
+    None when no row is the run's: the file then stays out of the bundle (re-scoring would not
+    write it again from the run's answers). BFCL joins values with ``,`` and rows with ``\n``.
+    """
+    lines = data.split(b"\n")
+    header, body = lines[0], [line for line in lines[1:] if line.strip()]
+    columns = _csv_line(header)
+    rows = [dict(zip(columns, _csv_line(line), strict=False)) for line in body]
+    picked = pick_leaderboard_row(rows, summary)
+    keep = [i for i, row in enumerate(rows) if picked is not None and row == picked][:1]
+    others = [rows[i].get("Model") or "" for i in range(len(rows)) if i not in keep]
+    if not keep:
+        return None, others
+    if not others:
+        return data, []
+    return b"\n".join([header, body[keep[0]]]) + (b"\n" if data.endswith(b"\n") else b""), others
+
+
+def _csv_line(line: bytes) -> list[str]:
+    return next(csv.reader([line.decode("utf-8", errors="replace")]), [])
 
 
 def _is_temporary(name: str) -> bool:
@@ -173,15 +264,22 @@ def parse_csv(text: str) -> list[dict[str, str]]:
 
 
 def pick_leaderboard_row(rows: Sequence[Mapping[str, str]], summary: Mapping[str, Any]) -> dict[str, str] | None:
-    """The run's row of BFCL's ``data_overall.csv`` (the file holds one row per model in the folder)."""
-    if len(rows) == 1:
-        return dict(rows[0])
+    """The run's row of BFCL's ``data_overall.csv`` (the file holds one row per model in the folder).
+
+    A row is the run's when its display name is the served or registry name (bfcl-ext shows a
+    model BFCL does not know as ``<served name> (FC; bfcl-ext)``). A registry model's display name
+    is BFCL's own (``Qwen3-8B (FC)``), which only the evaluator knows: a lone row is taken as the
+    run's unless it names another model bfcl-ext served (``verify`` checks the row either way).
+    """
     names = [str(summary.get(key)) for key in ("served_model_name", "model") if summary.get(key)]
+    names += [name.replace(",", ";") for name in names if "," in name]  # bridge's display names have no comma
     for name in names:
         for row in rows:
             model = row.get("Model") or ""
             if model == name or model.startswith(name + " ("):
                 return dict(row)
+    if len(rows) == 1 and not (rows[0].get("Model") or "").endswith(BFCL_EXT_DISPLAY_SUFFIX):
+        return dict(rows[0])
     return None
 
 
@@ -334,9 +432,11 @@ def verify(archive: Path) -> VerifyReport:
         count = check_checksums(archive, root)
         summary = _load(archive, root, "summary.json")
         manifest = _load(archive, root, "manifest.json")
+        model, served = _run_model(archive, summary, manifest)
+        _check_contents(archive, root, model)
         version = _check_bfcl_eval(archive, manifest)
         _check_datasets(archive, manifest)
-        scores = _check_rescore(archive, root, Path(workdir), summary, manifest)
+        scores = _check_rescore(archive, root, Path(workdir), summary, model, served)
     return VerifyReport(archive, count, version, scores)
 
 
@@ -381,6 +481,49 @@ def _load(archive: Path, root: Path, name: str) -> dict[str, Any]:
     return payload
 
 
+def _run_model(archive: Path, summary: Mapping[str, Any], manifest: Mapping[str, Any]) -> tuple[str, str]:
+    """The model the run scored (its registry name) and the name it was served under."""
+    model_facts = manifest.get("model") or {}
+    if not isinstance(model_facts, dict):
+        raise VerificationError(f"{archive}: manifest.json 'model' is not an object")
+    model = model_facts.get("name") or summary.get("model")
+    if not model or not isinstance(model, str):
+        raise VerificationError(f"{archive}: neither manifest.json nor summary.json names the model")
+    if summary.get("model") and summary.get("model") != model:
+        raise VerificationError(f"{archive}: manifest.json names model {model!r}, summary.json "
+                                f"{summary.get('model')!r}: not the files of one run")
+    own = model_dir_name(model)
+    if "/" in own or _name_problem(own):
+        raise VerificationError(f"{archive}: the model name {model!r} is not a folder name BFCL could have used")
+    served = model_facts.get("served_as") or summary.get("served_model_name") or model
+    return model, str(served)
+
+
+def _check_contents(archive: Path, root: Path, model: str) -> None:
+    """The bundle carries the run's model alone: nothing it holds escapes the re-score of that model."""
+    own = model_dir_name(model)
+    layout = (f"summary.json, manifest.json, {SUMS}, result/{own}/, score/{own}/, score/{LEADERBOARD_CSVS} "
+              "and logs/")
+    for path in sorted(root.rglob("*")):
+        if not path.is_file():
+            continue
+        name = path.relative_to(root).as_posix()
+        parts = name.split("/")
+        if name in (SUMS, *TOP_FILES) or (parts[0] == "logs" and len(parts) > 1):
+            continue
+        if parts[0] in MODEL_TREES and len(parts) > 2 and parts[1] == own:
+            continue
+        if parts[0] == "score" and len(parts) == 2 and fnmatch.fnmatchcase(parts[1], LEADERBOARD_CSVS):
+            continue
+        if parts[0] in MODEL_TREES and len(parts) > 2:
+            raise VerificationError(
+                f"{archive}: {PREFIX}/{name} is of another model ({parts[0]}/{parts[1]}/): the bundle is the run "
+                f"of {model!r} ({parts[0]}/{own}/) and verify re-scores that model only; bundle the run's folder "
+                "again (another model's trees stay out)")
+        raise VerificationError(f"{archive}: {PREFIX}/{name} is not part of a run of {model!r} (a bundle holds "
+                                f"{layout})")
+
+
 def _check_bfcl_eval(archive: Path, manifest: Mapping[str, Any]) -> str:
     from bfcl_ext import bridge
 
@@ -417,21 +560,17 @@ def _check_datasets(archive: Path, manifest: Mapping[str, Any]) -> None:
 
 
 def _check_rescore(
-    archive: Path, root: Path, workdir: Path, summary: Mapping[str, Any], manifest: Mapping[str, Any]
+    archive: Path, root: Path, workdir: Path, summary: Mapping[str, Any], model: str, served: str
 ) -> dict[str, tuple[float, int, int]]:
     from bfcl_ext import bridge
 
-    model_facts = manifest.get("model") or {}
-    model = model_facts.get("name") or summary.get("model")
-    served = model_facts.get("served_as") or summary.get("served_model_name") or model
-    if not model:
-        raise VerificationError(f"{archive}: neither manifest.json nor summary.json names the model")
     recorded = summary.get("categories") or {}
     scored = [c for c, v in recorded.items() if isinstance(v, dict) and v.get("accuracy") is not None]
     categories = _ordered_categories([*scored, *_categories_with_score_files(root)])
-    if not categories:
-        return {}  # nothing was scored: the checksums were the whole story
     rescored_dir = workdir / "rescored"
+    if not categories:  # nothing was scored: the checksums were the whole story, if no score is claimed either
+        _compare_score_files(archive, root / "score", rescored_dir)
+        return {}
     try:
         with contextlib.redirect_stdout(sys.stderr):  # the evaluator's progress lines; stdout is the verdict
             scores = bridge.rescore(str(model), str(served), root / "result", rescored_dir, categories,
@@ -454,7 +593,42 @@ def _check_rescore(
             )
     _check_overall(archive, summary, scores, scored)
     _compare_score_files(archive, root / "score", rescored_dir)
+    _check_leaderboard(archive, summary, scores, rescored_dir)
     return {c: (s.accuracy, s.correct, s.total) for c, s in scores.items()}
+
+
+def percent_of(text: str | None) -> float | None:
+    """BFCL's "99.89%" as 0.9989 (None for "N/A" or nothing)."""
+    try:
+        return round(float(str(text).rstrip("%")) / 100, 6)
+    except ValueError:
+        return None
+
+
+def _check_leaderboard(archive: Path, summary: Mapping[str, Any], scores: Mapping[str, Any], rescored: Path) -> None:
+    """summary.json's ``leaderboard`` (BFCL's weighted overall, and whether it is the whole leaderboard)
+    must be what the re-scored answers give."""
+    from bfcl_ext import bridge
+
+    board = summary.get("leaderboard")
+    if not isinstance(board, dict):
+        return  # written by a bfcl-ext from before the whole leaderboard ran
+    row = _rescored_row(rescored, summary)
+    overall = percent_of(row.get("Overall Acc")) if row else None
+    unscored = [category for category in bridge.scoring_categories() if category not in scores]
+    expected = {"overall_accuracy": overall, "complete": overall is not None and not unscored
+                and summary.get("limit") is None, "categories_not_scored": unscored}
+    for field_name, value in expected.items():
+        if board.get(field_name) != value:
+            raise VerificationError(f"{archive}: summary.json leaderboard.{field_name} records "
+                                    f"{board.get(field_name)!r}, re-scoring the bundled answers gives {value!r}")
+
+
+def _rescored_row(rescored: Path, summary: Mapping[str, Any]) -> dict[str, str] | None:
+    path = rescored / "data_overall.csv"
+    if not path.is_file():
+        return None
+    return pick_leaderboard_row(parse_csv(path.read_text(encoding="utf-8", errors="replace")), summary)
 
 
 def _ordered_categories(names: Sequence[str]) -> list[str]:
@@ -496,12 +670,9 @@ def _check_overall(archive: Path, summary: Mapping[str, Any], scores: Mapping[st
 
 
 def _compare_score_files(archive: Path, recorded_dir: Path, rescored_dir: Path) -> None:
-    """Every score file and leaderboard row BFCL wrote during the run is what it writes now."""
-    models = sorted(p.name for p in rescored_dir.iterdir() if p.is_dir()) if rescored_dir.is_dir() else []
-    made = sorted(p.relative_to(rescored_dir).as_posix() for m in models
-                  for p in (rescored_dir / m).rglob("*_score.json"))
-    kept = sorted(p.relative_to(recorded_dir).as_posix() for m in models
-                  for p in (recorded_dir / m).rglob("*_score.json")) if recorded_dir.is_dir() else []
+    """Every score file and leaderboard row the bundle carries is what BFCL writes now, and nothing more."""
+    made = _score_files(rescored_dir)
+    kept = _score_files(recorded_dir)
     for name in made:
         recorded = recorded_dir / name
         if not recorded.is_file():
@@ -512,10 +683,23 @@ def _compare_score_files(archive: Path, recorded_dir: Path, rescored_dir: Path) 
     for name in kept:
         if name not in made:
             raise VerificationError(f"{archive}: score/{name} is not produced again from the bundled answers")
-    for csv_path in sorted(rescored_dir.glob("data_*.csv")):
+    rewritten = sorted(rescored_dir.glob(LEADERBOARD_CSVS)) if rescored_dir.is_dir() else []
+    for csv_path in rewritten:
         difference = _csv_difference(recorded_dir / csv_path.name, csv_path)
         if difference:
             raise VerificationError(f"{archive}: score/{csv_path.name}: {difference}")
+    carried = sorted(recorded_dir.glob(LEADERBOARD_CSVS)) if recorded_dir.is_dir() else []
+    for csv_path in carried:
+        if csv_path.name not in {p.name for p in rewritten}:
+            raise VerificationError(f"{archive}: score/{csv_path.name} is not written again when the bundled answers "
+                                    "are re-scored: its rows do not follow from them")
+
+
+def _score_files(score_dir: Path) -> list[str]:
+    """Every BFCL score file under ``score_dir`` (all models' folders), relative to it."""
+    if not score_dir.is_dir():
+        return []
+    return sorted(p.relative_to(score_dir).as_posix() for p in score_dir.rglob("*_score.json") if p.is_file())
 
 
 def _score_file_difference(recorded: Path, rescored: Path) -> str | None:
@@ -550,11 +734,20 @@ def _json_lines(path: Path) -> list[Any] | None:
 
 
 def _csv_difference(recorded: Path, rescored: Path) -> str | None:
-    """The re-scored rows (this model's) must be in the recorded file, equal but for the rank."""
+    """The recorded rows are the re-scored ones (this model's), equal but for the rank: no more, no fewer."""
     if not recorded.is_file():
         return "missing: re-scoring the bundled answers writes it"
-    want = {row.get("Model"): row for row in parse_csv(recorded.read_text(encoding="utf-8", errors="replace"))}
-    for row in parse_csv(rescored.read_text(encoding="utf-8")):
+    made = parse_csv(rescored.read_text(encoding="utf-8"))
+    want: dict[str | None, dict[str, str]] = {}
+    for row in parse_csv(recorded.read_text(encoding="utf-8", errors="replace")):
+        model = row.get("Model")
+        if model in want:
+            return f"has two rows for model {model!r}"
+        if model not in {r.get("Model") for r in made}:
+            return (f"has a row for model {model!r}, which re-scoring the bundled answers does not write (the "
+                    "bundle vouches for its run's model only)")
+        want[model] = row
+    for row in made:
         model = row.get("Model")
         if model not in want:
             return f"has no row for model {model!r}"

@@ -53,10 +53,44 @@ def tool_call_round_trip(endpoint: Endpoint, model: str, timeout: float) -> dict
             f"{endpoint.url('/chat/completions')} refused a request with tools (HTTP {response.status_code}: "
             f"{_error_message(response)}); a vLLM server needs --enable-auto-tool-choice --tool-call-parser NAME"
         )
-    message = (response.json().get("choices") or [{}])[0].get("message") or {}
-    calls = message.get("tool_calls") or []
+    message, problem = _usable_message(response)
+    if problem is not None:
+        raise NotReadyError(
+            f"{endpoint.url('/chat/completions')} answered a tool call with HTTP 200 and {problem}: "
+            "a server fault, not a model answer"
+        )
+    calls = [call for call in message.get("tool_calls") or [] if isinstance(call, dict)]
     return {"latency_s": round(latency, 3), "tool_calls": [c.get("function", {}) for c in calls],
             "content": message.get("content")}
+
+
+def _usable_message(response: requests.Response) -> tuple[dict[str, Any], str | None]:
+    """The reply's message, or what makes the reply unusable (what ``bfcl-ext run`` retries as a
+    server fault): a body that is not JSON, no choices, a null message, no usage."""
+    try:
+        payload = json.loads(response.content)
+    except ValueError as error:
+        detail = str(error) if isinstance(error, json.JSONDecodeError) else "not UTF-8"
+        return {}, f"a body that is not valid JSON ({len(response.content)} bytes, cut short or garbled: {detail})"
+    if not isinstance(payload, dict):
+        return {}, f"a body that is not a JSON object (a JSON {type(payload).__name__})"
+    choices = payload.get("choices")
+    if choices == []:
+        return {}, "an empty reply (choices: [])"
+    if not isinstance(choices, list):
+        return {}, "no choices"
+    choice = choices[0] if isinstance(choices[0], dict) else {}
+    message = choice.get("message")
+    if message is None:
+        return {}, "a null message (choices[0].message)"
+    if not isinstance(message, dict):
+        return {}, "choices[0].message is not a message"
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return {}, "no usage"
+    if not all(isinstance(usage.get(name), int) for name in ("prompt_tokens", "completion_tokens")):
+        return {}, "usage without prompt_tokens and completion_tokens"
+    return message, None
 
 
 def _error_message(response: requests.Response) -> str:

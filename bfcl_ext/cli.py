@@ -18,10 +18,13 @@ from bfcl_ext.errors import EXIT_INTERRUPTED, BfclExtError
 
 EXIT_CODES_HELP = """exit codes:
   0    every selected entry answered and scored
+  1    internal error, also in a worker thread (one line; BFCL_EXT_DEBUG=1 adds the traceback; answers kept)
   2    bad configuration (the message names the setting and the value)
   3    server not ready, unreachable, or refusing the key
   4    entries still without an answer after retries (listed; results so far kept; rerun to finish)
   5    verify: the bundle is damaged, unsafe, or does not re-score to its recorded scores (first difference named)
+  6    an answer could not be written: read-only folder, disk full, no permission, quota (the file and the
+       cause named; the run stops at once, answers already written kept; rerun to finish)
   130  interrupted (Ctrl-C)      143  terminated (SIGTERM, e.g. scancel or a SLURM time limit)
 """
 
@@ -31,7 +34,7 @@ def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str] | None =
         if (names is not None and option.name not in names) or option.flag is None:
             continue
         env = f" [env {option.env}]" if option.env else ""
-        if option.name == "skip_vllm":
+        if isinstance(option.default, bool):
             parser.add_argument(
                 option.flag, dest=option.name, action=argparse.BooleanOptionalAction, default=None,
                 help=option.help + env,
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings(check, [o.name for o in OPTIONS if o.name not in ("test_categories", "limit", "num_threads",
                                                                    "retry_rounds", "recovery_timeout", "tokenizer",
                                                                    "server_facts", "runner_image", "server_image",
-                                                                   "embedding_model", "search_base_url")])
+                                                                   "embedding_model", "search_base_url", "fresh")])
     commands.add_parser("models", help="list BFCL's registry models (scored with BFCL's own handlers)")
     bundle = commands.add_parser("bundle", help="pack a run (results, scores, summary, manifest, server log) into a "
                                  "reproducible .tar.gz with SHA256SUMS")

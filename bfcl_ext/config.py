@@ -7,13 +7,18 @@ line that names the setting and the value, before any network call is made.
 
 from __future__ import annotations
 
+import io
+import ipaddress
+import math
 import os
+import re
 import shlex
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from bfcl_ext.endpoint import Endpoint
 from bfcl_ext.errors import ConfigError
@@ -55,6 +60,8 @@ def _number(kind: type, low: float, high: float | None = None) -> Callable[[str,
             value = kind(raw)
         except (TypeError, ValueError):
             raise ConfigError(label, raw, f"not a{'n integer' if kind is int else ' number'}") from None
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every bound, inf every lower one
+            raise ConfigError(label, raw, "not a finite number")
         if value < low or (high is not None and value > high):
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise ConfigError(label, raw, f"must be {bound}")
@@ -70,6 +77,15 @@ def _optional_int(low: int) -> Callable[[str, str], int | None]:
         return None if raw in ("", "all", "none") else as_int(label, raw)
 
     return parse
+
+
+def _secret(label: str, raw: str) -> str | None:
+    """A key: empty means none; blanks around it are a paste error, never sent (the value is not echoed)."""
+    if not raw:
+        return None
+    if raw.strip() != raw or not raw.strip():
+        raise ConfigError(label, "<redacted>", "blank, or blanks around the key: set the key alone")
+    return raw
 
 
 def _boolean(label: str, raw: str) -> bool:
@@ -161,7 +177,10 @@ OPTIONS: tuple[Option, ...] = (
            "(default: all-MiniLM-L6-v2 from the local Hugging Face cache, offline)"),
     Option("search_base_url", "BFCL_EXT_SEARCH_BASE_URL", "--search-base-url", DEFAULT_SEARCH_BASE_URL,
            _optional_text, "web search: SerpAPI or a SerpAPI-compatible service (a caching proxy)"),
-    Option("search_api_key", SEARCH_KEY_VARIABLE, None, None, _optional_text,
+    Option("fresh", "BFCL_EXT_FRESH", "--fresh", False, _boolean,
+           "start afresh: move the folder's earlier answers, scores and records aside (previous-<time>/), "
+           "never deleting them; needed when the model, server or sampling differs from the folder's"),
+    Option("search_api_key", SEARCH_KEY_VARIABLE, None, None, _secret,
            "web search: the SerpAPI key (environment or .env only: never a flag, never written down)"),
 )
 OPTION_BY_NAME = {option.name: option for option in OPTIONS}
@@ -196,6 +215,7 @@ class Settings:
     server_image: str | None
     embedding_model: Path | None
     search_base_url: str
+    fresh: bool
     env_file: Path | None
     slurm_job_id: str | None = None  # SLURM's, not a user setting: seeds the managed server's port
     apptainer_image: str | None = None  # Apptainer's, not a user setting: the SIF this process runs in
@@ -271,10 +291,25 @@ def _read_env_file(env_file: Path | None) -> tuple[dict[str, str], Path | None]:
     if not path.is_file():
         raise ConfigError("--env-file", str(path), "not a file")
     try:
-        values = dotenv_values(path)
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError("--env-file", str(path), f"cannot read ({error.__class__.__name__})") from None
+    _check_env_lines(path, text)
+    values = dotenv_values(stream=io.StringIO(text))
     return {key: value for key, value in values.items() if value is not None}, path
+
+
+def _check_env_lines(path: Path, text: str) -> None:
+    """python-dotenv logs a warning for a line it cannot parse and drops it (a setting silently lost,
+    a default used instead): here that is an error naming the line. Its text is not shown: it may hold a key."""
+    from dotenv.parser import parse_stream
+
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise ConfigError(
+                "--env-file", str(path), f"line {binding.original.line} cannot be parsed: expected KEY=VALUE "
+                "(a value with spaces or # in quotes), a comment or a blank line",
+            )
 
 
 def _pick(
@@ -301,6 +336,8 @@ def _build(
     apptainer_image: str | None,
 ) -> Settings:
     endpoint = _endpoint(raw, sources)
+    for name in ("model", "served_model_name"):
+        _check_model_name(_label(name, sources), raw[name])
     return Settings(
         model=raw["model"],
         test_categories=raw["test_categories"],
@@ -328,6 +365,7 @@ def _build(
         embedding_model=Path(raw["embedding_model"]) if raw["embedding_model"] else None,
         search_base_url=_search_base_url(raw["search_base_url"], sources),
         search_api_key=raw["search_api_key"],
+        fresh=raw["fresh"],
         env_file=env_path,
         slurm_job_id=slurm_job_id,
         apptainer_image=apptainer_image,
@@ -335,18 +373,84 @@ def _build(
     )
 
 
+MAX_FOLDER_NAME_BYTES = 255  # NAME_MAX of Linux file systems
+
+
+def _check_model_name(label: str, name: str | None) -> None:
+    """BFCL writes a model's answers and scores to ``result/<name with / as _>/``: that folder must be
+    one plain folder name inside the output folder."""
+    if name is None:
+        return
+    bad = [char for char in name if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp")]
+    if bad:
+        raise ConfigError(label, name, f"holds a control or invisible character ({ascii(bad[0])})")
+    folder = name.replace("/", "_")
+    if not name.strip():
+        raise ConfigError(label, name, "a blank model name")
+    if folder in (".", ".."):
+        raise ConfigError(label, name, f"BFCL would write its answers to result/{folder}/, outside its folder")
+    if len(folder.encode("utf-8")) > MAX_FOLDER_NAME_BYTES:
+        raise ConfigError(label, name, f"longer than the {MAX_FOLDER_NAME_BYTES} bytes a folder name may have")
+
+
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")  # _: compose service names
+
+
+def _host_problem(host: str) -> str | None:
+    """Why ``host`` (a URL's host, without brackets) is neither a DNS name nor an IP address; None if fine."""
+    if ":" in host or host.replace(".", "").isdigit():
+        try:
+            ipaddress.ip_address(host.replace("%25", "%"))  # an IPv6 zone, fe80::1%25eth0 in a URL
+        except ValueError:
+            return f"{host!r} is not a valid IP address" + ("" if ":" in host else " or host name")
+        return None
+    name = host[:-1] if host.endswith(".") else host
+    try:
+        ascii_name = name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return f"{host!r} is not a valid host name or IP address"
+    labels = ascii_name.split(".")
+    if len(ascii_name) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        return f"{host!r} is not a valid host name or IP address"
+    return None
+
+
+def _no_whitespace(label: str, value: str, shown: str | None = None) -> None:
+    if any(char.isspace() for char in value):
+        raise ConfigError(label, value if shown is None else shown, "contains whitespace")
+
+
+def _shown_url(url: str) -> str:
+    """The URL as an error message may show it: never with credentials."""
+    return "<url with credentials>" if "@" in url else url
+
+
+def _split_url(label: str, url: str) -> SplitResult:
+    _no_whitespace(label, url, _shown_url(url))  # urlsplit drops tabs and newlines without a word
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # urlsplit checks the port only when asked
+    except ValueError as error:
+        reason = "URL has a bad port" if "port" in str(error).lower() else f"not a valid URL ({error})"
+        raise ConfigError(label, _shown_url(url), reason) from None
+    host_and_port = parts.netloc.rpartition("@")[2]
+    if host_and_port.startswith("[") and not re.fullmatch(r"\[[^\]]*\](:\d*)?", host_and_port):
+        raise ConfigError(label, _shown_url(url), "not a valid URL (text after the bracketed address)")
+    return parts
+
+
 def _search_base_url(url: str | None, sources: Mapping[str, str]) -> str:
     """SerpAPI's address or a compatible one: http(s), a host, no credentials (the key travels apart)."""
     label = _label("search_base_url", sources)
-    parts = urlsplit((url or DEFAULT_SEARCH_BASE_URL).strip())
+    parts = _split_url(label, url or DEFAULT_SEARCH_BASE_URL)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(label, url, "expected an http(s) URL with a host, e.g. https://serpapi.com")
-    if parts.username or parts.password or parts.query:
-        raise ConfigError(label, "<url>", f"no credentials or query in the URL: the key goes in {SEARCH_KEY_VARIABLE}")
-    try:
-        _ = parts.port  # urlsplit checks the port only when asked
-    except ValueError:
-        raise ConfigError(label, url, "URL has a bad port") from None
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ConfigError(label, "<url>", "no credentials, query or fragment in the URL: the key goes in "
+                          f"{SEARCH_KEY_VARIABLE}")
+    problem = _host_problem(parts.hostname)
+    if problem:
+        raise ConfigError(label, url, problem)
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
@@ -365,34 +469,38 @@ def _endpoint(raw: dict[str, Any], sources: dict[str, str]) -> Endpoint:
     if raw["base_url"]:
         label = _label("base_url", sources)
         return Endpoint(_checked_url(label, raw["base_url"], None), api_key)
-    host = (raw["vllm_endpoint"] or "").strip()
+    host = raw["vllm_endpoint"] or ""
     label = _label("vllm_endpoint", sources)
-    if not host:
-        raise ConfigError(label, raw["vllm_endpoint"], "empty host")
+    if not host.strip():
+        raise ConfigError(label, host, "empty host")
     if "://" in host:
         explicit_port = raw["vllm_port"] if sources["vllm_port"] != "default" else None
         return Endpoint(_checked_url(label, host, explicit_port), api_key)
-    if any(char in host for char in "/?#@ ") or host.count(":") == 1:
+    _no_whitespace(label, host)
+    if any(char in host for char in "/?#@[]") or host.count(":") == 1:
         raise ConfigError(
             label, host, "expected a host name or address (put the port in VLLM_PORT, or give a full URL)"
         )
+    problem = _host_problem(host)
+    if problem:
+        raise ConfigError(label, host, problem)
     netloc = f"[{host}]" if ":" in host else host
     return Endpoint(f"http://{netloc}:{raw['vllm_port']}/v1", api_key)
 
 
 def _checked_url(label: str, url: str, port: int | None) -> str:
     """A full URL as OpenAI base URL: http(s), a host, path ending in /v1 (added when missing)."""
-    parts = urlsplit(url.strip())
+    parts = _split_url(label, url)
     if parts.scheme not in ("http", "https"):
-        raise ConfigError(label, url, "URL scheme must be http or https")
-    try:
-        url_port = parts.port
-    except ValueError:
-        raise ConfigError(label, url, "URL has a bad port") from None
+        raise ConfigError(label, _shown_url(url), "URL scheme must be http or https")
+    url_port = parts.port
     if not parts.hostname:
         raise ConfigError(label, url, "URL has no host")
     if parts.username or parts.password:
         raise ConfigError(label, "<url with credentials>", "put credentials in VLLM_API_KEY, not in the URL")
+    problem = _host_problem(parts.hostname)
+    if problem:
+        raise ConfigError(label, url, problem)
     netloc = parts.netloc
     if url_port is None and port is not None:
         netloc = f"{netloc}:{port}"

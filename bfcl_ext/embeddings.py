@@ -93,6 +93,22 @@ def _model_folder_problem(folder: Path) -> str | None:
     # is_file() follows links: a hub snapshot whose blobs are gone has dangling links.
     if not any(p.suffix in WEIGHT_SUFFIXES and p.is_file() for p in folder.rglob("*")):
         return f"has no weights (no *{' or *'.join(WEIGHT_SUFFIXES)} file in it)"
+    return _damaged_weights(folder)
+
+
+def _damaged_weights(folder: Path) -> str | None:
+    """A safetensors file whose header does not parse (cut short, overwritten): found now, before any
+    request, instead of when bfcl-eval loads the model. Read with safetensors' NumPy side: no torch."""
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        return None  # checked again when the model loads
+    for path in sorted(p for p in folder.rglob("*.safetensors") if p.is_file()):
+        try:
+            with safe_open(str(path), framework="np") as weights:
+                weights.keys()
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+            return f"has damaged weights ({path.name}: {str(error).splitlines()[0][:120]})"
     return None
 
 

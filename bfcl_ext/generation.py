@@ -4,19 +4,28 @@ Answers are appended to BFCL's result files as they arrive (so a kill loses at m
 requests in flight). An entry whose request failed for transport reasons is not written: it
 is asked again in a later pass, and after the last pass it is reported as failed. When the
 server goes away, new requests wait while one thread waits for it to come back.
+
+Nothing makes the run wait forever: an answer that cannot be written (``OutputError``) or any
+other exception in a worker (``WorkerError``) stops the run as a signal does (no new request,
+answers in flight may land for ``IN_FLIGHT_GRACE_S``) and ends up in ``GenerationReport.fatal``;
+a pass also ends when no worker is left to answer.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bfcl_ext import bridge
+from bfcl_ext.errors import BfclExtError, WorkerError
 
 IN_FLIGHT_GRACE_S = 10.0  # after a stop request, how long answers already asked for may still land
 
@@ -31,6 +40,7 @@ class GenerationReport:
     abandoned_reason: str | None = None
     stopped: bool = False
     first_request_at: float | None = None
+    fatal: BfclExtError | None = None  # what stopped the run early (the first one), to raise once files are safe
 
 
 class ServerGate:
@@ -57,14 +67,17 @@ class ServerGate:
                 return  # one bad request, not a missing server
             self._open.clear()
         print("bfcl-ext: the server went away; pausing requests until it is ready again", file=sys.stderr)
-        reason = self._wait_ready()
-        with self._lock:
-            if reason is None:
-                self.recoveries += 1
-                print("bfcl-ext: the server is back; carrying on", file=sys.stderr)
-            else:
-                self.abandoned_reason = reason
-            self._open.set()
+        reason: str | None = "the wait for the server failed"
+        try:
+            reason = self._wait_ready()
+        finally:  # whatever happens, the threads waiting on the gate are let go
+            with self._lock:
+                if reason is None:
+                    self.recoveries += 1
+                    print("bfcl-ext: the server is back; carrying on", file=sys.stderr)
+                else:
+                    self.abandoned_reason = reason
+                self._open.set()
 
 
 def generate(
@@ -86,7 +99,7 @@ def generate(
             stop.wait(min(2.0**attempt, 30.0))  # backoff between passes; a stop request ends it
         report.passes += 1
         remaining = _one_pass(session, remaining, threads, gate, stop, progress, report)
-        if not remaining or stop.is_set() or gate.abandoned_reason:
+        if not remaining or stop.is_set() or gate.abandoned_reason or report.fatal:
             break
     report.failed_ids = sorted(entry["id"] for entry in remaining)
     report.recoveries = gate.recoveries
@@ -113,7 +126,7 @@ def _one_pass(
             children.setdefault(parent, []).append(entry_id)
 
     work: queue.Queue[dict[str, Any] | None] = queue.Queue()
-    done: queue.Queue[tuple[str, bool]] = queue.Queue()
+    done: queue.Queue[tuple[str, bool, BfclExtError | None]] = queue.Queue()
     for entry in sorted((by_id[i] for i, parents in waiting_on.items() if not parents), key=bridge.sort_key):
         work.put(entry)
 
@@ -128,7 +141,7 @@ def _one_pass(
     settled = 0
     stop_seen_at: float | None = None
     while settled < len(entries):
-        if stop.is_set():
+        if stop.is_set() or report.fatal is not None:
             if stop_seen_at is None:
                 stop_seen_at = time.monotonic()
                 _drain(work)  # nothing new is sent; each worker ends once the request it holds is done
@@ -137,21 +150,26 @@ def _one_pass(
             if time.monotonic() - stop_seen_at > IN_FLIGHT_GRACE_S:
                 break
         try:
-            entry_id, ok = done.get(timeout=0.2)
+            entry_id, ok, fatal = done.get(timeout=0.2)
         except queue.Empty:
-            if (gate.abandoned_reason or stop_seen_at is not None) and work.empty() and (
-                all(not w.is_alive() for w in workers) and done.empty()  # workers gone: nothing more comes
-            ):
+            if all(not w.is_alive() for w in workers) and done.empty():  # workers gone: nothing more comes
+                if stop_seen_at is None and report.fatal is None:  # nobody told them to go
+                    report.fatal = WorkerError(
+                        f"internal error in a worker: every worker thread is gone with {len(entries) - settled} "
+                        "entries still unanswered; the answers already written are kept"
+                    )
                 break
             continue
         settled += 1
+        if fatal is not None and report.fatal is None:
+            report.fatal = fatal
         if ok:
             answered.add(entry_id)
             report.answered += 1
             progress.update(1)
             for child in children.get(entry_id, []):
                 waiting_on[child].discard(entry_id)
-                if not waiting_on[child] and not stop.is_set():
+                if not waiting_on[child] and not stop.is_set() and report.fatal is None:
                     work.put(by_id[child])
         else:
             settled += _settle_descendants(entry_id, children, waiting_on)
@@ -181,29 +199,55 @@ def _drain(work: queue.Queue[Any]) -> None:
 def _worker(
     session: bridge.Session,
     work: queue.Queue[dict[str, Any] | None],
-    done: queue.Queue[tuple[str, bool]],
+    done: queue.Queue[tuple[str, bool, BfclExtError | None]],
     gate: ServerGate,
     stop: threading.Event,
     report: GenerationReport,
 ) -> None:
+    """Every entry taken is settled on ``done``, whatever happens: an exception is reported as fatal."""
     while True:
         entry = work.get()
         if entry is None:
             return
-        if stop.is_set() or not gate.wait_open():
-            done.put((entry["id"], False))
-            continue
-        if report.first_request_at is None:
-            report.first_request_at = time.time()
         try:
-            line = bridge.answer(session, entry)
-        except bridge.TransportError as error:
-            _log_transport_failure(entry["id"], error)
-            gate.report_failure()
-            done.put((entry["id"], False))
-            continue
-        bridge.write_answer(session, line)
-        done.put((entry["id"], True))
+            ok = _ask(session, entry, gate, stop, report)
+        except BfclExtError as error:  # an answer that cannot be written: the user can act on it
+            done.put((entry["id"], False, error))
+        except BaseException as error:  # noqa: BLE001 - a bug: it stops the run, it never hangs it
+            done.put((entry["id"], False, _worker_error(entry["id"], error)))
+        else:
+            done.put((entry["id"], ok, None))
+
+
+def _ask(
+    session: bridge.Session, entry: dict[str, Any], gate: ServerGate, stop: threading.Event, report: GenerationReport
+) -> bool:
+    """Ask about one entry and write the answer; False: no answer this time (asked again in a later pass)."""
+    if stop.is_set() or report.fatal is not None or not gate.wait_open():
+        return False
+    if report.first_request_at is None:
+        report.first_request_at = time.time()
+    try:
+        line = bridge.answer(session, entry)
+    except bridge.TransportError as error:
+        _log_transport_failure(entry["id"], error)
+        gate.report_failure()
+        return False
+    bridge.write_answer(session, line)
+    return True
+
+
+def _worker_error(entry_id: str, error: BaseException) -> WorkerError:
+    """One line: what was raised, and where (BFCL_EXT_DEBUG=1 prints the traceback too)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    if os.environ.get("BFCL_EXT_DEBUG"):
+        traceback.print_exception(error, file=sys.stderr)
+    message = f"{type(error).__name__}: {error}".rstrip(": ")
+    wrapped = WorkerError(f"internal error in a worker while answering {entry_id}: {message}{where}; "
+                          "the answers already written are kept")
+    wrapped.__cause__ = error
+    return wrapped
 
 
 def _log_transport_failure(entry_id: str, error: Exception) -> None:

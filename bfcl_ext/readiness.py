@@ -123,13 +123,19 @@ class ServerNotReady(NotReadyError):
         self.condition = condition
 
 
+WAIT_TIMEOUT_SETTING = "--wait-timeout / BFCL_EXT_WAIT_TIMEOUT"
+RECOVERY_TIMEOUT_SETTING = "--recovery-timeout / BFCL_EXT_RECOVERY_TIMEOUT"  # a server that went away mid-run
+
+
 class ReadinessTimeout(NotReadyError):
     """The deadline passed while the server was still not ready."""
 
-    def __init__(self, base_url: str, model: str, waited_s: float, last: str) -> None:
+    def __init__(
+        self, base_url: str, model: str, waited_s: float, last: str, timeout_setting: str = WAIT_TIMEOUT_SETTING
+    ) -> None:
         super().__init__(
             f"{base_url} (model {model!r}) was not ready after {waited_s:.0f}s (last: {last}); "
-            "check the server's log, or allow longer with --wait-timeout / BFCL_EXT_WAIT_TIMEOUT"
+            f"check the server's log, or allow longer with {timeout_setting}"
         )
         self.base_url = base_url
         self.waited_s = waited_s
@@ -335,11 +341,15 @@ def wait_until_ready(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     name_may_vanish: bool = False,
+    timeout_setting: str | None = None,
 ) -> ServerInfo:
     """Poll ``probe`` until ready or ``timeout`` seconds pass.
 
     ``name_may_vanish``: a server that is coming BACK (a restarted container or pod) has no DNS
     name while it is down, so an unresolved name is then waited out like a refused connection.
+    ``timeout_setting``: the setting a timeout message tells the user to raise (default: the
+    readiness timeout; ``RECOVERY_TIMEOUT_SETTING`` when waiting for a server to come back, which is
+    also the default when ``name_may_vanish`` is set).
 
     Refused connections, 5xx, a /health that is not 200, slow requests and a model not listed
     yet are waited out; DNS, TLS and auth failures raise at once, and so does the death of the
@@ -363,7 +373,8 @@ def wait_until_ready(
                 last = exc
             now = clock()
             if now >= deadline:
-                raise _timed_out(endpoint, served_model_name, now - start, last)
+                setting = timeout_setting or (RECOVERY_TIMEOUT_SETTING if name_may_vanish else WAIT_TIMEOUT_SETTING)
+                raise _timed_out(endpoint, served_model_name, now - start, last, setting)
             if now >= next_progress:
                 progress(_progress_line(endpoint, served_model_name, now - start, timeout, last.condition))
                 next_progress = now + progress_interval
@@ -374,10 +385,12 @@ def _request_timeout(remaining: float) -> float:
     return max(MIN_REQUEST_TIMEOUT, min(MAX_REQUEST_TIMEOUT, remaining))
 
 
-def _timed_out(endpoint: Endpoint, model: str, waited_s: float, last: NotReadyError) -> NotReadyError:
+def _timed_out(
+    endpoint: Endpoint, model: str, waited_s: float, last: NotReadyError, timeout_setting: str = WAIT_TIMEOUT_SETTING
+) -> NotReadyError:
     if isinstance(last, ModelNotListed):
         return ModelNotListed(last.url, model, last.listed, waited_s)
-    return ReadinessTimeout(endpoint.base_url, model, waited_s, last.condition)
+    return ReadinessTimeout(endpoint.base_url, model, waited_s, last.condition, timeout_setting)
 
 
 def _progress_line(endpoint: Endpoint, model: str, elapsed: float, timeout: float, condition: str) -> str:

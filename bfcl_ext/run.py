@@ -12,8 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bfcl_ext import bridge, generation, manifest, provenance, readiness
-from bfcl_ext.bundle import read_leaderboard
+from bfcl_ext import bridge, folder_lock, generation, manifest, provenance, readiness, run_identity
+from bfcl_ext.bundle import percent_of, read_leaderboard
 from bfcl_ext.config import SEARCH_KEY_VARIABLE, Settings, require_run_settings
 from bfcl_ext.endpoint import Endpoint
 from bfcl_ext.errors import ConfigError, EntriesFailedError, NotReadyError
@@ -46,7 +46,6 @@ def validate(settings: Settings) -> CategoryPlan:
     """Everything checkable before any network call; returns the categories to run."""
     require_run_settings(settings)
     plan = plan_categories(settings)
-    _check_output_dir(settings.output_dir)
     bridge.check_datasets(plan.run)
     if settings.tokenizer is not None and not settings.tokenizer.is_dir():
         raise ConfigError("BFCL_EXT_TOKENIZER/--tokenizer", str(settings.tokenizer), "not a folder")
@@ -69,8 +68,8 @@ def plan_categories(settings: Settings) -> CategoryPlan:
                 raise ConfigError(SEARCH_KEY_VARIABLE, "", f"not set: {category} asks SerpAPI (or "
                                   "BFCL_EXT_SEARCH_BASE_URL); set the key in the environment or .env")
         except ConfigError as error:
-            if category in names:
-                raise
+            if category in names or (category == "memory_vector" and settings.embedding_model is not None):
+                raise  # named on its own, or a model folder the user gave that is wrong: a typo, not a choice
             not_run[category] = str(error)
             continue
         run.append(category)
@@ -95,9 +94,40 @@ def load_server_facts(settings: Settings) -> provenance.ServerFacts | None:
     return provenance.load_server_facts(settings.server_facts, settings.model_name_served)
 
 
+@contextlib.contextmanager
+def output_folder(settings: Settings) -> Iterator[None]:
+    """The output folder, created, locked for this run alone, checked, and (``--fresh``) emptied of older
+    answers, which are moved aside, never deleted."""
+    try:
+        settings.output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(OUTPUT_SETTING, str(settings.output_dir),
+                          f"not writable ({error.strerror or error})") from None
+    lock = folder_lock.acquire(settings.output_dir, OUTPUT_SETTING)
+    try:
+        _check_output_dir(settings.output_dir)
+        if settings.fresh:
+            moved = run_identity.move_aside(settings.output_dir)
+            if moved:
+                print(f"bfcl-ext: --fresh: the earlier answers were moved to {moved}", file=sys.stderr)
+        yield
+    finally:
+        lock.release()
+
+
+def _settings_identity(settings: Settings) -> dict[str, Any]:
+    """What a run's answers depend on that is known before the server is asked."""
+    return {"model": settings.model, "served_model_name": settings.model_name_served,
+            "model_revision": settings.model_revision, "temperature": settings.temperature}
+
+
+def _server_identity(settings: Settings, info: readiness.ServerInfo) -> dict[str, Any]:
+    return {**_settings_identity(settings), "server_version": info.version,
+            "model_root": _served_root(info.models_payload, settings.model_name_served)}
+
+
 def _check_output_dir(path: Path) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
         probe = path / ".bfcl-ext-write-test"
         probe.write_text("ok")
         probe.unlink()
@@ -169,6 +199,15 @@ def _gate(settings: Settings, server: Server) -> generation.ServerGate:
 def run(settings: Settings, environ: Mapping[str, str], argv: Sequence[str], interruptions: Interruptions) -> int:
     plan = validate(settings)
     server_facts = load_server_facts(settings)
+    with output_folder(settings):
+        run_identity.check(settings.output_dir, _settings_identity(settings))
+        return _run_locked(settings, environ, argv, interruptions, plan, server_facts)
+
+
+def _run_locked(
+    settings: Settings, environ: Mapping[str, str], argv: Sequence[str], interruptions: Interruptions,
+    plan: CategoryPlan, server_facts: provenance.ServerFacts | None,
+) -> int:
     started = time.time()
     bridge.use_project_root(settings.output_dir / ".bfcl-eval")  # its lock files and empty default folders
     with serving(settings, environ) as server:
@@ -191,16 +230,22 @@ def run(settings: Settings, environ: Mapping[str, str], argv: Sequence[str], int
             print(f"bfcl-ext: memory state: {change}", file=sys.stderr)
         pending = bridge.pending_entries(session, entries)
         info = wait_ready(settings, server, settings.wait_timeout)
+        run_identity.check(settings.output_dir, _server_identity(settings, info))
         ready_at = time.time()
         print(f"bfcl-ext: server ready at {server.endpoint.base_url} (version {info.version or 'unknown'}); "
               f"{len(entries)} entries, {len(entries) - len(pending)} already answered, {len(pending)} to ask",
               file=sys.stderr)
         report = _generate(settings, server, session, pending, interruptions)
-        bridge.sort_result_files(session)
+        if report.fatal is None:  # after an output error the disk may take nothing more: the rerun sorts
+            bridge.sort_result_files(session)
         answered = bridge.answered_ids(session)
-        scores = {} if report.stopped else _score_complete_categories(session, plan.run, entries, answered, settings)
+        scores = {} if report.stopped or report.fatal else _score_complete_categories(
+            session, plan.run, entries, answered, settings)
         context = RunContext(settings, plan.run, entries, answered, info, server, session, report, repaired,
                              started, ready_at, time.time(), argv, environ, server_facts, plan, tools)
+        if report.fatal is not None:  # an answer could not be written, or a worker failed: stop here
+            _write_outputs_if_possible(context)
+            raise report.fatal
         summary = write_outputs(context, scores)
     interruptions.raise_if_stopped()
     print_table(summary)
@@ -257,7 +302,12 @@ def _prepare_tools(plan: CategoryPlan, settings: Settings) -> Tools:
 
         embeddings.use_embedding_model(plan.embedding_model)
         embedding = embeddings.embedding_identity(plan.embedding_model)
-        bridge.load_memory_vector()  # the encoder loads now, while the server may still be loading
+        try:
+            bridge.load_memory_vector()  # the encoder loads now, while the server may still be loading
+        except Exception as error:  # noqa: BLE001 - torch and sentence-transformers raise many kinds
+            raise ConfigError(embeddings.EMBEDDING_SETTING, str(plan.embedding_model),
+                              f"the embedding model cannot be loaded ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0][:160] if str(error) else ''})") from None
     return Tools(search, settings.search_base_url if search else None, embedding)
 
 
@@ -315,10 +365,23 @@ def _iso(timestamp: float) -> str:
 def write_outputs(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) -> dict[str, Any]:
     settings = context.settings
     summary = _summary(context, scores)
-    secrets = [settings.endpoint.api_key]
+    secrets = manifest.secrets_of(settings)
     manifest.write_json(settings.output_dir / "summary.json", summary, secrets)
     manifest.write_json(settings.output_dir / "manifest.json", _manifest(context), secrets)
+    manifest.scrub_files(settings.output_dir, secrets)  # a key the server echoed into answers or scores
     return summary
+
+
+def _write_outputs_if_possible(context: RunContext) -> None:
+    """After a fatal error: summary.json and manifest.json if the disk still takes them; else the
+    ones from before stay as they were and no half-written temporary is left behind."""
+    try:
+        write_outputs(context, {})
+    except OSError as error:
+        print(f"bfcl-ext: summary.json not updated ({error.strerror or error})", file=sys.stderr)
+        for name in ("summary.json", "manifest.json"):  # manifest.write_json's temporaries
+            with contextlib.suppress(OSError):
+                (context.settings.output_dir / f".{name}.tmp").unlink(missing_ok=True)
 
 
 def _summary(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) -> dict[str, Any]:
@@ -361,7 +424,8 @@ def _summary(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) ->
         },
         "requests": context.session.stats.as_dict(),
         "web_search": (
-            {"calls": context.tools.search.calls, "failed": context.tools.search.failed}
+            {"calls": context.tools.search.calls, "failed": context.tools.search.failed,
+             "retried": context.tools.search.retried}
             if context.tools.search else None
         ),
         "server_recoveries": report.recoveries,
@@ -388,7 +452,7 @@ def _leaderboard(context: RunContext, scores: Mapping[str, bridge.CategoryScore]
     row = read_leaderboard(settings.output_dir, {"model": settings.model,
                                                  "served_model_name": settings.model_name_served})
     unscored = [category for category in bridge.scoring_categories() if category not in scores]
-    overall = _percent(row.get("Overall Acc")) if row else None
+    overall = percent_of(row.get("Overall Acc")) if row else None
     return {
         "overall_accuracy": overall,
         "complete": overall is not None and not unscored and settings.limit is None,
@@ -397,13 +461,6 @@ def _leaderboard(context: RunContext, scores: Mapping[str, bridge.CategoryScore]
         "note": "BFCL's weighted overall (non-live 10%, live 10%, irrelevance 10%, multi-turn 30%, agentic 40%), "
                 "as in score/data_overall.csv; a category not scored counts as 0 there",
     }
-
-
-def _percent(text: str | None) -> float | None:
-    try:
-        return round(float(str(text).rstrip("%")) / 100, 6)
-    except ValueError:
-        return None
 
 
 def _status(context: RunContext) -> str:

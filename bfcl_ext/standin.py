@@ -3,8 +3,9 @@
 It speaks the parts of vLLM's HTTP API that bfcl-eval uses, with vLLM 0.32's status codes
 and JSON shapes, and answers BFCL's single-turn questions from BFCL's own ground truth
 (``mode="oracle"``), or wrongly on purpose (``mode="wrong"``, ``"wrong-category:<cat>"``).
-Faults can be injected: a port that opens late, latency, 500s, 429s, a concurrency cap and
-a crash after N requests. Standard library only.
+Faults can be injected: a port that opens late, latency, 500s, 429s, replies with status 200 a
+client cannot use (``BAD_REPLY_KINDS``), a concurrency cap and a crash after N requests.
+Standard library only.
 
     python -m bfcl_ext.standin --port 8000 --served-model-name my-model
 """
@@ -100,6 +101,11 @@ def _case_from_entry(entry: dict[str, Any], category: str, ground_truth: Any) ->
 
 # --------------------------------------------------------------------------- options
 
+BAD_REPLY_KINDS: tuple[str, ...] = ("cut", "null-message", "no-usage", "empty-choices")
+"""Replies with status 200 that a client cannot use (``bad_reply_rate``): the body cut short (a
+prefix of valid JSON, with the Content-Length of what is sent), ``choices[0].message`` null (on
+/v1/completions: ``choices[0].text``), no ``usage``, and ``choices: []``."""
+
 
 @dataclass(frozen=True)
 class StandinOptions:
@@ -114,8 +120,11 @@ class StandinOptions:
     latency: float = 0.0
     error_rate: float = 0.0
     rate_limit_rate: float = 0.0
+    bad_reply_rate: float = 0.0  # share of completions answered 200 with an unusable body
+    bad_reply_kinds: tuple[str, ...] = BAD_REPLY_KINDS  # drawn from evenly
     max_concurrency: int | None = None
     die_after: int | None = None
+    echo_key: int = 0  # the first N completions answered 400 quoting the bearer key sent (a server that leaks it)
     seed: int = 0
     version: str = "0.32.0"
     web_search_answer: str = "search-first"  # or "direct" (see standin_agentic)
@@ -129,9 +138,13 @@ class StandinOptions:
             raise ValueError("served_model_names: at least one name is needed")
         _parse_mode(self.mode)
         standin_agentic.check_options(self.web_search_answer, self.search_always_fail)
-        for name in ("error_rate", "rate_limit_rate", "search_error_rate", "search_rate_limit_rate"):
+        for name in ("error_rate", "rate_limit_rate", "bad_reply_rate", "search_error_rate", "search_rate_limit_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be between 0 and 1")
+        unknown = [kind for kind in self.bad_reply_kinds if kind not in BAD_REPLY_KINDS]
+        if unknown or not self.bad_reply_kinds:
+            raise ValueError(f"bad_reply_kinds={','.join(self.bad_reply_kinds)!r}: expected one or more of "
+                             f"{', '.join(BAD_REPLY_KINDS)}")
         for name in ("load_delay", "latency"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must not be negative")
@@ -605,6 +618,24 @@ def _random_id() -> str:
     return f"{uuid.uuid4().int & (2**64 - 1):016x}"
 
 
+def _bad_reply_body(payload: dict[str, Any], kind: str) -> bytes:
+    """A completion ``payload`` spoiled as ``kind`` (one of ``BAD_REPLY_KINDS``), as sent."""
+    if kind == "cut":  # ASCII only, so the cut never splits a character: the JSON is what is broken
+        whole = json.dumps(payload).encode()
+        return whole[: len(whole) // 2]
+    spoiled = {**payload, "choices": [dict(choice) for choice in payload.get("choices", [])]}
+    if kind == "null-message":
+        for choice in spoiled["choices"][:1]:
+            choice["message" if "message" in choice else "text"] = None
+    elif kind == "no-usage":
+        spoiled.pop("usage", None)
+    elif kind == "empty-choices":
+        spoiled["choices"] = []
+    else:
+        raise ValueError(f"unknown bad reply kind {kind!r}")
+    return json.dumps(spoiled, ensure_ascii=False).encode()
+
+
 # --------------------------------------------------------------------------- requests
 
 
@@ -658,8 +689,12 @@ class _State:
             options.search_always_fail, options.seed), self.agentic)
         self._lock = threading.Lock()
         self._dice = random.Random(options.seed)
+        # dice of their own: turning bad replies on leaves a seed's 500s and 429s where they were
+        self._bad_dice = random.Random(f"bad-replies-{options.seed}")
         self._in_flight = 0
-        self._counts = {"received": 0, "ok": 0, "errors": 0, "rate_limited": 0, "rejected": 0, "unmatched": 0}
+        self._counts = {"received": 0, "ok": 0, "errors": 0, "rate_limited": 0, "rejected": 0, "unmatched": 0,
+                        "bad_replies": 0}
+        self._bad_reply_kinds: dict[str, int] = {}
         self._entries: dict[str, int] = {}
 
     def admit(self) -> tuple[int, str | None]:
@@ -673,11 +708,25 @@ class _State:
             if limited or (cap is not None and self._in_flight >= cap):
                 return ordinal, "429"
             self._in_flight += 1
+            if ordinal <= self.options.echo_key:
+                return ordinal, "echo-key"
             return ordinal, "500" if failed else None
 
     def release(self) -> None:
         with self._lock:
             self._in_flight -= 1
+
+    def bad_reply(self) -> str | None:
+        """Whether the answer about to be sent goes out spoiled instead, and how (``BAD_REPLY_KINDS``)."""
+        if self.options.bad_reply_rate <= 0:
+            return None
+        with self._lock:
+            if self._bad_dice.random() >= self.options.bad_reply_rate:
+                return None
+            kind = self._bad_dice.choice(self.options.bad_reply_kinds)
+            self._counts["bad_replies"] += 1
+            self._bad_reply_kinds[kind] = self._bad_reply_kinds.get(kind, 0) + 1
+            return kind
 
     def count(self, outcome: str, entry_id: str | None = None) -> None:
         with self._lock:
@@ -687,7 +736,8 @@ class _State:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            snapshot = {**self._counts, "in_flight": self._in_flight, "entries": dict(self._entries)}
+            snapshot = {**self._counts, "in_flight": self._in_flight, "entries": dict(self._entries),
+                        "bad_reply_kinds": dict(self._bad_reply_kinds)}
         return {**snapshot, "search": self.search.snapshot()}
 
 
@@ -842,6 +892,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if options.die_after is not None and ordinal > options.die_after:
                 return self._drop()
+            if fault == "echo-key":
+                return self._echo_key()
             self._respond(raw, required, answer, fault)
         finally:
             if fault != "429":
@@ -877,6 +929,9 @@ class _Handler(BaseHTTPRequestHandler):
             payload, entry_id = answer(body, body.get("model") or options.served_model_names[0])
         except Exception as exc:  # a bug or an odd request: answer as vLLM's catch-all does
             return self._internal_error(f"{type(exc).__name__}: {exc}")
+        bad = state.bad_reply()
+        if bad is not None:  # not an answer: neither "ok" nor counted for its entry
+            return self._send(HTTPStatus.OK, _bad_reply_body(payload, bad), "application/json")
         state.count("ok", entry_id)
         if entry_id is None:
             state.count("unmatched")
@@ -886,6 +941,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.state.count("errors")
         payload = _error(HTTPStatus.INTERNAL_SERVER_ERROR, message, "InternalServerError")
         self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, payload)
+
+    def _echo_key(self) -> None:
+        """A 400 whose body quotes the bearer key back (injected): the client records it as the answer."""
+        self.server.state.count("rejected")
+        key = (self.headers.get("Authorization") or "").partition(" ")[2]
+        message = f"Request rejected (injected by the bfcl-ext stand-in) for the key {key}"
+        self._send_json(HTTPStatus.BAD_REQUEST, _error(HTTPStatus.BAD_REQUEST, message))
 
     def _parse(self, raw: bytes, required: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """The request body, or the error vLLM would answer instead."""
@@ -1190,8 +1252,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each completion")
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of completions answered 500")
     parser.add_argument("--rate-limit-rate", type=float, default=0.0, help="share answered 429")
+    parser.add_argument("--bad-reply-rate", type=float, default=0.0,
+                        help="share of completions answered 200 with a body a client cannot use")
+    parser.add_argument("--bad-reply-kinds", default=",".join(BAD_REPLY_KINDS), metavar="KIND,...",
+                        help=f"which unusable bodies, drawn evenly (default all: {','.join(BAD_REPLY_KINDS)}): "
+                        "cut = valid JSON cut short; null-message = choices[0].message (completions: .text) "
+                        "null; no-usage = no usage; empty-choices = choices: []")
     parser.add_argument("--max-concurrency", type=int, help="completions in flight beyond this get 429")
     parser.add_argument("--die-after", type=int, help="crash (exit 1) after this many completion requests")
+    parser.add_argument("--echo-key", type=int, default=0, metavar="N",
+                        help="answer the first N completions 400 with the bearer key quoted in the error body")
     parser.add_argument("--seed", type=int, default=0, help="seed of the fault dice")
     search = parser.add_argument_group("web search", "GET /search(.json): a SerpAPI stand-in (engine=duckduckgo)")
     search.add_argument("--web-search-answer", choices=standin_agentic.WEB_SEARCH_ANSWERS, default="search-first",
@@ -1227,8 +1297,11 @@ def _options_from(args: argparse.Namespace) -> StandinOptions:
         latency=args.latency,
         error_rate=args.error_rate,
         rate_limit_rate=args.rate_limit_rate,
+        bad_reply_rate=args.bad_reply_rate,
+        bad_reply_kinds=tuple(kind.strip() for kind in args.bad_reply_kinds.split(",") if kind.strip()),
         max_concurrency=args.max_concurrency,
         die_after=args.die_after,
+        echo_key=args.echo_key,
         seed=args.seed,
         web_search_answer=args.web_search_answer,
         search_api_key=search_api_key,

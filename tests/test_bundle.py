@@ -387,3 +387,149 @@ def test_an_edited_score_file_or_leaderboard_row_fails_the_rescore(runs: Runs, t
     else:
         assert ("score/data_overall.csv: column 'Non-Live Multiple AST' of model 'M (FC; bfcl-ext)' records "
                 "'99.00%', re-scoring gives '100.00%'") in line
+
+
+@pytest.mark.parametrize("field", ["overall_accuracy", "complete", "categories_not_scored"])
+def test_a_leaderboard_claim_in_the_summary_must_follow_from_the_answers(
+    runs: Runs, tmp_path: Path, field: str
+) -> None:
+    """summary.json's leaderboard block is the number people quote: raising it, or calling a partial
+    run the whole leaderboard, is caught even with SHA256SUMS fixed."""
+    forged = {"overall_accuracy": 0.9999, "complete": True, "categories_not_scored": []}
+
+    def edit(files: dict[str, bytes]) -> None:
+        summary = json.loads(files["summary.json"])
+        summary["leaderboard"][field] = forged[field]
+        files["summary.json"] = json.dumps(summary, indent=2).encode()
+
+    line = _failing(_rebuild(runs.first, tmp_path / "l.tar.gz", edit, fix_sums=True), tmp_path)
+    assert f"summary.json leaderboard.{field} records {forged[field]!r}, re-scoring the bundled answers gives" in line
+
+
+# ---------------------------------------------------------------- one model per bundle (a folder used for several)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+TWO_ROWS = ("Rank,Overall Acc,Model,Model Link\n1,50.00%,B (FC; bfcl-ext),\n"
+            "2,40.00%,org/A (FC; bfcl-ext),")
+
+
+def test_a_folder_used_for_two_models_bundles_the_runs_model_only(tmp_path: Path) -> None:
+    """BFCL keeps both models' trees side by side and one CSV row each; the bundle holds the run's."""
+    folder = tmp_path / "run"
+    _write(folder / "summary.json", json.dumps({"model": "org/A", "served_model_name": "org/A"}))
+    _write(folder / "manifest.json", "{}")
+    for model in ("org_A", "B"):
+        _write(folder / "result" / model / "non_live" / "BFCL_v4_multiple_result.json", f'{{"id": "{model}"}}\n')
+        _write(folder / "score" / model / "non_live" / "BFCL_v4_multiple_score.json", f'{{"id": "{model}"}}\n')
+    _write(folder / "score" / "data_overall.csv", TWO_ROWS)
+    _write(folder / "score" / "data_live.csv", "Rank,Model,Live Overall Acc\n1,org/A (FC; bfcl-ext),0.00%")
+    _write(folder / "score" / "data_agentic.csv", "Rank,Model,Agentic Overall Acc\n1,B (FC; bfcl-ext),0.00%")
+    _write(folder / "result" / "stray.json", "{}")
+    _write(folder / "previous-20260101T000000" / "result" / "B" / "x_result.json", "{}")  # --fresh moved it aside
+    report = bundles.bundle(folder, tmp_path / "b.tar.gz")
+    files = _members(report.archive)
+    assert sorted(files) == ["SHA256SUMS", "manifest.json", "result/org_A/non_live/BFCL_v4_multiple_result.json",
+                             "score/data_live.csv", "score/data_overall.csv",
+                             "score/org_A/non_live/BFCL_v4_multiple_score.json", "summary.json"]
+    # the run's row, byte for byte as BFCL wrote it; a file with the run's row only is packed unchanged
+    assert files["score/data_overall.csv"] == b"Rank,Overall Acc,Model,Model Link\n2,40.00%,org/A (FC; bfcl-ext),"
+    assert files["score/data_live.csv"] == (folder / "score" / "data_live.csv").read_bytes()
+    assert report.row is not None and report.row["Model"] == "org/A (FC; bfcl-ext)"
+    [left_out] = [w for w in report.warnings if w.startswith("left out")]
+    assert "'org/A' (result/org_A/, score/org_A/)" in left_out
+    for name in ("result/B/", "score/B/", "result/stray.json", "score/data_agentic.csv: the whole file",
+                 "score/data_overall.csv: the rows of 'B (FC; bfcl-ext)'"):
+        assert name in left_out, left_out
+
+
+def test_the_runs_leaderboard_row_is_never_another_served_models() -> None:
+    served_a = {"model": "a,b", "served_model_name": "a,b"}
+    other = [{"Model": "other (FC; bfcl-ext)", "Overall Acc": "9.00%"}]
+    assert bundles.pick_leaderboard_row(other, served_a) is None
+    assert bundles.pick_leaderboard_row([*other, {"Model": "a;b (FC; bfcl-ext)"}], served_a) == {
+        "Model": "a;b (FC; bfcl-ext)"}
+    registry = {"model": "Qwen/Qwen3-8B-FC", "served_model_name": "qwen"}
+    assert bundles.pick_leaderboard_row([{"Model": "Qwen3-8B (FC)"}], registry) == {"Model": "Qwen3-8B (FC)"}
+    assert bundles.model_dir_name("Qwen/Qwen3-8B-FC") == "Qwen_Qwen3-8B-FC"
+
+
+OTHER_SCORE = "score/O/non_live/BFCL_v4_multiple_score.json"
+
+
+@pytest.mark.parametrize("carried", ["other-score-file", "other-result-tree", "other-row", "stray-file",
+                                     "extra-csv", "model-mismatch"])
+def test_a_bundle_vouches_for_all_it_carries(runs: Runs, tmp_path: Path, carried: str) -> None:
+    """Another model's tree, another model's leaderboard row, a file outside the layout: refused, checksums fixed."""
+    def edit(files: dict[str, bytes]) -> None:
+        if carried == "other-score-file":  # a score file claiming 3/3 for a model the bundle has no run of
+            files[OTHER_SCORE] = files["score/M/non_live/BFCL_v4_multiple_score.json"]
+        elif carried == "other-result-tree":
+            files["result/O/non_live/BFCL_v4_multiple_result.json"] = files[RESULT]
+        elif carried == "other-row":
+            board = files["score/data_overall.csv"].decode()
+            header, row = board.split("\n")[:2]
+            files["score/data_overall.csv"] = f"{header}\n{row}\n{row.replace('M (FC', 'O (FC')}".encode()
+        elif carried == "stray-file":
+            files["score/notes.txt"] = b"nothing re-scores this"
+        elif carried == "extra-csv":
+            files["score/data_extra.csv"] = files["score/data_overall.csv"]
+        else:
+            summary = json.loads(files["summary.json"])
+            summary["model"] = "O"
+            files["summary.json"] = json.dumps(summary).encode()
+
+    line = _failing(_rebuild(runs.first, tmp_path / "c.tar.gz", edit, fix_sums=True), tmp_path)
+    expected = {
+        "other-score-file": f"bfcl-run/{OTHER_SCORE} is of another model (score/O/): the bundle is the run of 'M' "
+                              "(score/M/) and verify re-scores that model only",
+        "other-result-tree": "bfcl-run/result/O/non_live/BFCL_v4_multiple_result.json is of another model (result/O/)",
+        "other-row": "score/data_overall.csv: has a row for model 'O (FC; bfcl-ext)', which re-scoring the bundled "
+                     "answers does not write",
+        "stray-file": "bfcl-run/score/notes.txt is not part of a run of 'M' (a bundle holds summary.json, "
+                      "manifest.json, SHA256SUMS, result/M/, score/M/, score/data_*.csv and logs/)",
+        "extra-csv": "score/data_extra.csv is not written again when the bundled answers are re-scored",
+        "model-mismatch": "manifest.json names model 'M', summary.json 'O': not the files of one run",
+    }[carried]
+    assert expected in line, line
+
+
+# ---------------------------------------------------------------- the agentic and multi-turn categories
+
+
+def test_memory_web_search_and_multi_turn_runs_bundle_and_verify(tmp_path: Path) -> None:
+    """Memory snapshots and prerequisite answers are part of the run: bundled, checksummed, re-scored."""
+    standin = start_standin(tmp_path / "standin", "--served-model-name", "m", "--search-api-key-env", "SEARCH_KEY",
+                            env={"SEARCH_KEY": "k"})
+    try:
+        output_dir = tmp_path / "out"
+        done = run_bfcl_ext(
+            ["run", "--skip-vllm", "--base-url", standin.base_url, "--model", "m", "--test-category",
+             "memory_kv,multi_turn_base,simple_python,web_search_base", "--limit", "3",
+             "--output-dir", str(output_dir)],
+            env={"SERPAPI_API_KEY": "k", "BFCL_EXT_SEARCH_BASE_URL": f"http://127.0.0.1:{standin.port}"}, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        standin.stop()
+    archive = tmp_path / "m.tar.gz"
+    _bundle(output_dir, archive)
+    files = _members(archive)
+    memory = "result/m/agentic/memory/kv/"
+    assert {f"{memory}BFCL_v4_memory_kv_prereq_result.json", f"{memory}BFCL_v4_memory_kv_result.json",
+            "result/m/agentic/BFCL_v4_web_search_base_result.json",
+            "result/m/multi_turn/BFCL_v4_multi_turn_base_result.json",
+            "score/m/agentic/memory/kv/BFCL_v4_memory_kv_score.json"} <= set(files)
+    snapshots = [name for name in files if name.startswith(f"{memory}memory_snapshot/")]
+    assert f"{memory}memory_snapshot/customer_final.json" in snapshots and any("prereq_checkpoints/" in n
+                                                                                for n in snapshots)
+    on_disk = sorted(p.relative_to(output_dir).as_posix() for tree in ("result", "score")
+                     for p in (output_dir / tree).rglob("*") if p.is_file())
+    assert sorted(n for n in files if n.startswith(("result/", "score/"))) == on_disk, "every file of the run"
+    code, stdout, stderr, _ = _verify(archive, tmp_path)
+    assert code == 0, stderr
+    for category in ("simple_python", "multi_turn_base", "memory_kv", "web_search_base"):
+        assert f"{category} 100.00% (3/3)" in stdout, stdout

@@ -69,6 +69,7 @@ ROWS = [
     ("BFCL_EXT_EMBEDDING_MODEL", "/models/minilm", "embedding_model", Path("/models/minilm")),
     ("BFCL_EXT_SEARCH_BASE_URL", "http://cache:8080/serp/", "search_base_url", "http://cache:8080/serp"),
     ("SERPAPI_API_KEY", "serp-secret", "search_api_key", "serp-secret"),
+    ("BFCL_EXT_FRESH", "1", "fresh", True),
 ]
 
 
@@ -247,3 +248,202 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_traceback(capsys, argv, envi
     assert fragment in err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- issue 11 §6: every setting checked first
+
+
+def _numeric_options():
+    """Every option whose value is a number (it parses "1" to an int or a float)."""
+    numeric = []
+    for option in OPTIONS:
+        try:
+            value = option.parse(option.env or option.name, "1")
+        except ConfigError:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            numeric.append(option)
+    return numeric
+
+
+def test_every_numeric_setting_is_found():
+    names = {o.name for o in _numeric_options()}
+    assert {"vllm_port", "wait_timeout", "temperature", "recovery_timeout", "stop_grace", "limit"} <= names
+
+
+@pytest.mark.parametrize("raw", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999"])
+@pytest.mark.parametrize("option", _numeric_options(), ids=lambda o: o.env)
+def test_nan_and_infinity_are_rejected_for_every_number(option, raw):
+    with pytest.raises(ConfigError) as caught:
+        settings(environ={option.env: raw})
+    assert str(caught.value).startswith(f"{option.env}={raw!r}: not a"), str(caught.value)
+
+
+@pytest.mark.parametrize("raw", ["1" + "0" * 400, "-" + "9" * 400])
+def test_a_huge_integer_is_a_range_error_not_a_crash(raw):
+    with pytest.raises(ConfigError, match="between 1 and 1024"):
+        settings(environ={"BFCL_EXT_NUM_THREADS": raw})
+
+
+BAD_NAMES = [
+    ("..", "BFCL would write its answers to result/../"),
+    (".", "BFCL would write its answers to result/./"),
+    ("a\nb", "control or invisible character ('\\n')"),
+    ("a\x00b", "control or invisible character ('\\x00')"),
+    ("x\x1b[31m", "control or invisible character ('\\x1b')"),
+    ("evil\u202etxt", "control or invisible character ('\\u202e')"),
+    ("line\u2028sep", "control or invisible character ('\\u2028')"),
+    ("   ", "a blank model name"),
+    ("m" * 256, "longer than the 255 bytes"),
+]
+
+
+@pytest.mark.parametrize(("name", "reason"), BAD_NAMES)
+@pytest.mark.parametrize("env", ["BFCL_EXT_MODEL", "BFCL_EXT_SERVED_MODEL_NAME"])
+def test_model_names_that_are_no_plain_folder_are_rejected(env, name, reason):
+    with pytest.raises(ConfigError) as caught:
+        settings(environ={env: name})
+    message = str(caught.value)
+    assert message.startswith(f"{env}=") and reason in message, message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["Qwen/Qwen3-8B", "../x", "./m", "/models/llama-3.1-8b", "meta-llama/Llama-3.1-8B-FC",
+                                  "модель", "a..b", "m" * 255])
+def test_model_names_with_a_plain_folder_form_are_accepted(name):
+    assert settings(environ={"BFCL_EXT_MODEL": name}).model == name
+
+
+BAD_URLS = [
+    ({"VLLM_BASE_URL": "http://exa mple:8000/v1"}, "VLLM_BASE_URL='http://exa mple:8000/v1'", "contains whitespace"),
+    ({"VLLM_BASE_URL": "http://h\t:8000/v1"}, "VLLM_BASE_URL='http://h\\t:8000/v1'", "contains whitespace"),
+    ({"VLLM_BASE_URL": "http://h/v1\n"}, "VLLM_BASE_URL='http://h/v1\\n'", "contains whitespace"),
+    ({"VLLM_BASE_URL": " http://h/v1"}, "VLLM_BASE_URL=' http://h/v1'", "contains whitespace"),
+    ({"VLLM_BASE_URL": "http://u:p w@h/v1"}, "VLLM_BASE_URL='<url with credentials>'", "contains whitespace"),
+    ({"VLLM_ENDPOINT": "http://gpu node"}, "VLLM_ENDPOINT='http://gpu node'", "contains whitespace"),
+    ({"VLLM_ENDPOINT": "gpu node"}, "VLLM_ENDPOINT='gpu node'", "contains whitespace"),
+    ({"VLLM_ENDPOINT": "gpu\tnode"}, "VLLM_ENDPOINT='gpu\\tnode'", "contains whitespace"),
+    ({"BFCL_EXT_SEARCH_BASE_URL": "http://cache :8080"}, "BFCL_EXT_SEARCH_BASE_URL='http://cache :8080'",
+     "contains whitespace"),
+    ({"VLLM_BASE_URL": "http://a..b/v1"}, "VLLM_BASE_URL='http://a..b/v1'", "'a..b' is not a valid host name"),
+    ({"VLLM_BASE_URL": "http://-gw/v1"}, "VLLM_BASE_URL='http://-gw/v1'", "'-gw' is not a valid host name"),
+    ({"VLLM_BASE_URL": "http://h%41/v1"}, "VLLM_BASE_URL='http://h%41/v1'", "is not a valid host name"),
+    ({"VLLM_BASE_URL": "http://g*w/v1"}, "VLLM_BASE_URL='http://g*w/v1'", "'g*w' is not a valid host name"),
+    ({"VLLM_BASE_URL": "http://" + "a" * 64 + "/v1"}, "VLLM_BASE_URL=", "is not a valid host name"),
+    ({"VLLM_BASE_URL": "http://1234/v1"}, "VLLM_BASE_URL='http://1234/v1'", "'1234' is not a valid IP address"),
+    ({"VLLM_BASE_URL": "http://10.0.0.256/v1"}, "VLLM_BASE_URL=", "'10.0.0.256' is not a valid IP address"),
+    ({"VLLM_BASE_URL": "http://[::1/v1"}, "VLLM_BASE_URL='http://[::1/v1'", "not a valid URL"),
+    ({"VLLM_BASE_URL": "http://[::1]x/v1"}, "VLLM_BASE_URL='http://[::1]x/v1'", "not a valid URL"),
+    ({"VLLM_BASE_URL": "http://[gw]/v1"}, "VLLM_BASE_URL='http://[gw]/v1'", "not a valid URL"),
+    ({"VLLM_ENDPOINT": "999.1.1.1"}, "VLLM_ENDPOINT='999.1.1.1'", "not a valid IP address"),
+    ({"VLLM_ENDPOINT": "[::1]"}, "VLLM_ENDPOINT='[::1]'", "expected a host name or address"),
+    ({"VLLM_ENDPOINT": "12::34::56"}, "VLLM_ENDPOINT='12::34::56'", "not a valid IP address"),
+    ({"VLLM_ENDPOINT": "host_"}, None, None),  # compose service names may hold _ (accepted)
+    ({"BFCL_EXT_SEARCH_BASE_URL": "http://ca%che"}, "BFCL_EXT_SEARCH_BASE_URL='http://ca%che'",
+     "is not a valid host name"),
+]
+
+
+@pytest.mark.parametrize(("environ", "named", "reason"), BAD_URLS)
+def test_urls_and_hosts_with_whitespace_or_a_bad_host_are_rejected(environ, named, reason):
+    if named is None:
+        settings(environ=environ)
+        return
+    with pytest.raises(ConfigError) as caught:
+        settings(environ=environ)
+    message = str(caught.value)
+    assert message.startswith(named) and reason in message, message
+    assert "\n" not in message and "p w" not in message
+
+
+@pytest.mark.parametrize(("environ", "base_url"), [
+    ({"VLLM_ENDPOINT": "vllm_server"}, "http://vllm_server:8000/v1"),
+    ({"VLLM_ENDPOINT": "node-17.cluster.local."}, "http://node-17.cluster.local.:8000/v1"),
+    ({"VLLM_ENDPOINT": "10.1.2.3"}, "http://10.1.2.3:8000/v1"),
+    ({"VLLM_ENDPOINT": "fe80::1"}, "http://[fe80::1]:8000/v1"),
+    ({"VLLM_BASE_URL": "http://[fe80::1%25eth0]:8000/v1"}, "http://[fe80::1%25eth0]:8000/v1"),
+    ({"VLLM_BASE_URL": "https://bücher.example/v1"}, "https://bücher.example/v1"),
+    ({"VLLM_BASE_URL": "http://Gateway.Example.ORG:443/llm/"}, "http://Gateway.Example.ORG:443/llm/v1"),
+    ({"VLLM_ENDPOINT": "  gpu-node  "}, None),  # whitespace around a bare host name is an error too
+])
+def test_valid_hosts_are_accepted(environ, base_url):
+    if base_url is None:
+        with pytest.raises(ConfigError, match="contains whitespace"):
+            settings(environ=environ)
+        return
+    assert settings(environ=environ).endpoint.base_url == base_url
+
+
+BAD_ENV_LINES = [
+    'VLLM_PORT = "8001\n',  # an unclosed quote: today the default port 8000 is used instead
+    "VLLM_API_KEY 'sk-abc'\n",
+    "foo bar=1\n",
+    "=value\n",
+    "K='a'b\n",
+    'K="a" junk\n',
+]
+
+
+@pytest.mark.parametrize("line", BAD_ENV_LINES)
+def test_an_env_file_line_that_cannot_be_parsed_is_an_error_naming_file_and_line(tmp_path, line):
+    env_file = tmp_path / "settings.env"
+    env_file.write_text("# settings\nVLLM_ENDPOINT=node\n" + line + "BFCL_EXT_LIMIT=3\n")
+    with pytest.raises(ConfigError) as caught:
+        settings(env_file=env_file)
+    message = str(caught.value)
+    assert message.startswith(f"--env-file={str(env_file)!r}: line 3 cannot be parsed"), message
+    assert "sk-abc" not in message and "\n" not in message
+
+
+def test_the_default_env_file_is_checked_too(tmp_path):
+    (tmp_path / ".env").write_text("A=1\nB='unclosed\n")
+    with pytest.raises(ConfigError, match=r"^--env-file='\.env': line 2 cannot be parsed"):
+        settings()
+
+
+def test_env_file_forms_python_dotenv_accepts_still_work(tmp_path):
+    env_file = tmp_path / "ok.env"
+    env_file.write_text('\ufeff# c\n\nexport VLLM_PORT=8002\nBFCL_EXT_MODEL="a model" # comment\n'
+                        "BFCL_EXT_LIMIT='4'\nEMPTY=\nBARE\nVLLM_ENDPOINT=${HOSTNAME_FROM_FILE:-node}\r\n")
+    s = settings(env_file=env_file)
+    assert (s.endpoint.base_url, s.model, s.limit) == ("http://node:8002/v1", "a model", 4)
+
+
+def test_an_env_file_that_is_not_utf8_is_an_error(tmp_path):
+    env_file = tmp_path / "latin1.env"
+    env_file.write_bytes(b"BFCL_EXT_MODEL=caf\xe9\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        settings(env_file=env_file)
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--temperature", "nan"], "--temperature='nan': not a finite number"),
+        (["--wait-timeout", "nan"], "--wait-timeout='nan': not a finite number"),
+        (["--model", ".."], "--model='..': BFCL would write its answers to result/../"),
+        (["--base-url", "http://exa mple/v1"], "--base-url='http://exa mple/v1': contains whitespace"),
+    ],
+)
+def test_cli_rejects_these_before_any_network_call(capsys, tmp_path, argv, fragment):
+    base = ["run", "--skip-vllm", "--model", "m", "--test-category", "simple_python", "--output-dir",
+            str(tmp_path / "out")]
+    assert cli.main([*base, *argv], {}) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_recovery_timeout_names_the_recovery_timeout_setting():
+    from bfcl_ext import readiness
+    from bfcl_ext.endpoint import Endpoint
+    from tests.support.vllm_cpu import free_port
+
+    endpoint = Endpoint(f"http://127.0.0.1:{free_port()}/v1")  # nothing listens: refused at once
+    for kwargs, named, other in [({}, "--wait-timeout", "--recovery-timeout"),
+                                 ({"name_may_vanish": True}, "--recovery-timeout", "--wait-timeout"),
+                                 ({"timeout_setting": readiness.RECOVERY_TIMEOUT_SETTING}, "--recovery-timeout",
+                                  "--wait-timeout")]:
+        with pytest.raises(readiness.ReadinessTimeout) as caught:
+            readiness.wait_until_ready(endpoint, "m", 0.0, progress=lambda _line: None, **kwargs)
+        assert f"allow longer with {named}" in str(caught.value) and other not in str(caught.value)

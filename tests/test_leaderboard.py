@@ -131,6 +131,40 @@ def test_memory_state_rebuilt_from_the_last_answered_prerequisite(standin_factor
     assert read_json(output / "summary.json")["categories"]["memory_kv"]["accuracy"] == 1.0
 
 
+def test_memory_state_lost_with_everything_answered_needs_nothing(standin_factory: Any, tmp_path: Path) -> None:
+    import shutil
+
+    standin = standin_factory()
+    output = tmp_path / "out"
+    args = run_args(standin, output, "memory_kv", "--limit", "3")
+    assert run_bfcl_ext(args, timeout=300).returncode == 0
+    shutil.rmtree(output / SNAPSHOTS)  # e.g. a results folder copied without it
+
+    again = run_bfcl_ext(args, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "13 already answered, 0 to ask" in again.stderr
+
+
+def test_memory_checkpoints_lost_before_the_questions_ask_the_prerequisites_again(
+    standin_factory: Any, tmp_path: Path
+) -> None:
+    import shutil
+
+    standin = standin_factory()
+    output = tmp_path / "out"
+    args = run_args(standin, output, "memory_kv", "--limit", "3")
+    assert run_bfcl_ext(args, timeout=300).returncode == 0
+    shutil.rmtree(output / SNAPSHOTS)
+    (output / QUESTION_FILE).unlink()
+
+    again = run_bfcl_ext(args, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (f"the checkpoint of {CUSTOMER_PREREQS[-1]} is missing or damaged; the 10 prerequisite "
+            "conversations of customer are asked again") in again.stderr
+    assert "0 already answered, 13 to ask" in again.stderr
+    assert read_json(output / "summary.json")["categories"]["memory_kv"]["accuracy"] == 1.0
+
+
 def test_memory_state_cleared_when_no_prerequisite_is_answered(standin_factory: Any, tmp_path: Path) -> None:
     standin = standin_factory()
     output = tmp_path / "out"

@@ -325,6 +325,89 @@ def test_stats_count_outcomes_and_entries(standin: Any) -> None:
     assert stats["entries"] == {"simple_python_3": 2}
 
 
+# ---------------------------------------------------------------- bad replies: a 200 no client can use
+
+
+def completion(server: Standin, prompt: str = "Hello?") -> requests.Response:
+    return requests.post(f"{server.url}/v1/completions", json={"model": MODEL, "prompt": prompt}, timeout=10)
+
+
+@pytest.mark.parametrize("kind", ["cut", "null-message", "no-usage", "empty-choices"])
+def test_bad_replies_are_200s_spoiled_as_asked(standin: Any, kind: str) -> None:
+    server = standin(bad_reply_rate=1.0, bad_reply_kinds=(kind,))
+    for response, field in ((chat(server, hello()), "message"), (completion(server), "text")):
+        assert response.status_code == 200
+        assert response.headers["Content-Type"] == "application/json"
+        assert int(response.headers["Content-Length"]) == len(response.content)  # what is sent, cut or not
+        if kind == "cut":
+            assert response.content.startswith(b'{"id": "')
+            with pytest.raises(ValueError):
+                json.loads(response.content)
+            continue
+        reply = response.json()
+        if kind == "null-message":
+            assert reply["choices"][0][field] is None and "usage" in reply
+        elif kind == "no-usage":
+            assert "usage" not in reply and reply["choices"][0][field] is not None
+        else:
+            assert reply["choices"] == [] and "usage" in reply
+    stats = server.stats()
+    assert (stats["received"], stats["ok"], stats["bad_replies"], stats["bad_reply_kinds"]) == (2, 0, 2, {kind: 2})
+    assert stats["entries"] == {}  # not an answer to anything
+
+
+def test_a_bad_reply_spoils_the_oracles_answer(standin: Any) -> None:
+    server = standin(bad_reply_rate=1.0, bad_reply_kinds=("null-message",))
+    entry, _ = bfcl_entry("simple_python", "simple_python_3")
+    reply = chat(server, bfcl_chat_request(entry)).json()
+    assert reply["choices"][0]["message"] is None and reply["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_bad_replies_follow_the_seed_and_leave_the_other_faults_alone(standin: Any) -> None:
+    def outcomes(**options: Any) -> list[str]:
+        server = standin(seed=7, **options)
+        seen = []
+        for _ in range(24):
+            response = chat(server, hello())
+            if response.status_code != 200:
+                seen.append(str(response.status_code))
+            else:
+                try:
+                    reply = response.json()
+                except ValueError:
+                    seen.append("cut")
+                    continue
+                seen.append("ok" if reply["choices"] and reply["choices"][0]["message"] and "usage" in reply
+                            else "bad")
+        return seen
+
+    mixed = outcomes(error_rate=0.3, bad_reply_rate=0.4)
+    assert mixed == outcomes(error_rate=0.3, bad_reply_rate=0.4)
+    assert {"500", "ok"} <= set(mixed) and set(mixed) & {"cut", "bad"}, mixed
+    only_500s = outcomes(error_rate=0.3)  # the same 500s, where they were without bad replies
+    assert [o == "500" for o in mixed] == [o == "500" for o in only_500s]
+
+
+@pytest.mark.parametrize("options", [{"bad_reply_rate": 1.5}, {"bad_reply_rate": -0.1},
+                                     {"bad_reply_kinds": ("cut", "nope")}, {"bad_reply_kinds": ()}])
+def test_bad_reply_options_are_checked(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="bad_reply"):
+        StandinOptions(**options)
+
+
+def test_bad_reply_command_options() -> None:
+    from bfcl_ext import standin as standin_module
+
+    args = standin_module._parser().parse_args(["--bad-reply-rate", "0.2", "--bad-reply-kinds", "cut, no-usage"])
+    options = standin_module._options_from(args)
+    assert (options.bad_reply_rate, options.bad_reply_kinds) == (0.2, ("cut", "no-usage"))
+    defaults = standin_module._options_from(standin_module._parser().parse_args([]))
+    assert (defaults.bad_reply_rate, defaults.bad_reply_kinds) == (0.0, standin_module.BAD_REPLY_KINDS)
+    with pytest.raises(SystemExit) as exited:
+        standin_module.main(["--bad-reply-kinds", "truncated"])
+    assert exited.value.code == 2
+
+
 # ---------------------------------------------------------------- the command
 
 

@@ -90,8 +90,10 @@ def project_containers(project: str, service: str | None = None) -> list[Any]:
 
 
 def docker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for compose commands: local base images (no registry here), BuildKit on."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "BFCL_EXT_", "SERVE_"))}
+    """Environment for compose commands: local base images (no registry here), BuildKit on, the
+    default runner flavour (``WITH_MEMORY_VECTOR`` only through ``extra``)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("VLLM_", "BFCL_EXT_", "SERVE_")) and k != "WITH_MEMORY_VECTOR"}
     env.update(DOCKER_BUILDKIT="1", COMPOSE_DOCKER_CLI_BUILD="1", RUNNER_PYTHON_BASE=LOCAL_PYTHON_BASE)
     env.update(extra or {})
     return env
