@@ -599,11 +599,13 @@ def scenario_overhead(workdir: Path, repeats: int, threads: int, timeout: float)
 
 
 def scenario_faults(workdir: Path, latency: float, timeout: float) -> dict[str, Any]:
-    """Slowdown of a run where 10% of requests are answered 500, against a clean run."""
+    """Slowdown of a run where 10% of requests are answered 500, or 20% get a 200 reply the client
+    cannot use (cut body, null message, no usage, no choices), against a clean run."""
     say(f"\n[6] injected failures: simple_python, {latency} s per request, bfcl-ext defaults, clean vs "
-        "--error-rate 0.1 (answers retried with backoff; every entry must still score)")
+        "--error-rate 0.1 vs --bad-reply-rate 0.2 (retried with backoff; every entry must still score)")
     outcomes: dict[str, Outcome] = {}
-    for label, faults in (("clean", ()), ("errors_10pct", ("--error-rate", "0.1", "--seed", "7"))):
+    for label, faults in (("clean", ()), ("errors_10pct", ("--error-rate", "0.1", "--seed", "7")),
+                          ("bad_replies_20pct", ("--bad-reply-rate", "0.2", "--seed", "7"))):
         with Standin(workdir, latency=latency, faults=faults) as standin:
             standin.start()
             standin.warm_up()
@@ -614,12 +616,15 @@ def scenario_faults(workdir: Path, latency: float, timeout: float) -> dict[str, 
             say(f"  {label:13s} {outcome.wall_s:6.2f} s  accuracy {fmt_pct(outcome.overall()['accuracy'])}  "
                 f"http errors {requests.get('http_errors_by_status')}  retried {requests.get('retried_requests')}")
     slowdown = outcomes["errors_10pct"].wall_s / outcomes["clean"].wall_s
-    say(f"  slowdown with 10% failures: {slowdown:.2f}x")
+    bad_slowdown = outcomes["bad_replies_20pct"].wall_s / outcomes["clean"].wall_s
+    say(f"  slowdown with 10% failures: {slowdown:.2f}x; with 20% unusable 200 replies: {bad_slowdown:.2f}x")
     return {
         "latency_s": latency,
         "clean_wall_s": outcomes["clean"].wall_s,
         "errors_10pct_wall_s": outcomes["errors_10pct"].wall_s,
         "slowdown": slowdown,
+        "bad_replies_20pct_wall_s": outcomes["bad_replies_20pct"].wall_s,
+        "bad_replies_slowdown": bad_slowdown,
         "accuracy": {label: o.overall()["accuracy"] for label, o in outcomes.items()},
         "requests": {label: o.summary.get("requests") for label, o in outcomes.items()},
         "entries_failed": {label: o.summary.get("entries", {}).get("failed") for label, o in outcomes.items()},

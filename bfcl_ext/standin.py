@@ -1017,6 +1017,7 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 2048  # uvicorn's backlog: 64 threads connecting at once are all queued, none reset
 
     def __init__(self, options: StandinOptions, state: _State, port: int) -> None:
         self.address_family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
