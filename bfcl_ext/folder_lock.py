@@ -44,8 +44,11 @@ class FolderLock:
 def acquire(folder: Path, setting: str) -> FolderLock:
     """Lock ``folder`` for this process, or raise ``ConfigError`` naming who holds it."""
     path = folder / LOCK_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+", encoding="utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = path.open("a+", encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(setting, str(folder), f"not writable ({error.strerror or error})") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as error:
