@@ -633,12 +633,7 @@ def _is_transport_error_answer(result: Any) -> bool:
 
 
 def _atomic_write_lines(path: Path, lines: list[str]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.writelines(line + "\n" for line in lines)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    _atomic_write_bytes(path, "".join(line + "\n" for line in lines).encode("utf-8"))
 
 
 def answered_ids(session: Session) -> set[str]:

@@ -10,7 +10,6 @@ not part of it: a resubmitted SLURM job lands on another node.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
@@ -18,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bfcl_ext import manifest
 from bfcl_ext.errors import ConfigError
 
 IDENTITY_NAME = Path(".bfcl-ext") / "identity.json"
@@ -93,6 +93,4 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def _write(path: Path, value: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    manifest.write_json(path, value)
