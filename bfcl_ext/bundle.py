@@ -285,7 +285,11 @@ def pick_leaderboard_row(rows: Sequence[Mapping[str, str]], summary: Mapping[str
 
 def read_leaderboard(root: Path, summary: Mapping[str, Any]) -> dict[str, str] | None:
     """The run's leaderboard row from a run folder (or an unpacked bundle), or None."""
-    path = root / LEADERBOARD_CSV
+    return leaderboard_row_in(root / LEADERBOARD_CSV, summary)
+
+
+def leaderboard_row_in(path: Path, summary: Mapping[str, Any]) -> dict[str, str] | None:
+    """The run's row of one ``data_overall.csv``, or None when the file or the row is missing."""
     if not path.is_file():
         return None
     return pick_leaderboard_row(parse_csv(path.read_text(encoding="utf-8", errors="replace")), summary)
@@ -613,22 +617,20 @@ def _check_leaderboard(archive: Path, summary: Mapping[str, Any], scores: Mappin
     board = summary.get("leaderboard")
     if not isinstance(board, dict):
         return  # written by a bfcl-ext from before the whole leaderboard ran
-    row = _rescored_row(rescored, summary)
-    overall = percent_of(row.get("Overall Acc")) if row else None
-    unscored = [category for category in bridge.scoring_categories() if category not in scores]
-    expected = {"overall_accuracy": overall, "complete": overall is not None and not unscored
-                and summary.get("limit") is None, "categories_not_scored": unscored}
+    row = leaderboard_row_in(rescored / "data_overall.csv", summary)
+    expected = leaderboard_claim(row, [c for c in bridge.scoring_categories() if c not in scores], summary.get("limit"))
     for field_name, value in expected.items():
         if board.get(field_name) != value:
             raise VerificationError(f"{archive}: summary.json leaderboard.{field_name} records "
                                     f"{board.get(field_name)!r}, re-scoring the bundled answers gives {value!r}")
 
 
-def _rescored_row(rescored: Path, summary: Mapping[str, Any]) -> dict[str, str] | None:
-    path = rescored / "data_overall.csv"
-    if not path.is_file():
-        return None
-    return pick_leaderboard_row(parse_csv(path.read_text(encoding="utf-8", errors="replace")), summary)
+def leaderboard_claim(row: Mapping[str, str] | None, unscored: Sequence[str], limit: int | None) -> dict[str, Any]:
+    """What a run may claim of BFCL's overall: its "Overall Acc", and that it is the whole leaderboard only
+    when every scoring category was scored in full (BFCL counts a missing one as 0)."""
+    overall = percent_of(row.get("Overall Acc")) if row else None
+    return {"overall_accuracy": overall, "complete": overall is not None and not unscored and limit is None,
+            "categories_not_scored": list(unscored)}
 
 
 def _ordered_categories(names: Sequence[str]) -> list[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bfcl_ext import bridge, folder_lock, generation, manifest, provenance, readiness, run_identity
-from bfcl_ext.bundle import percent_of, read_leaderboard
+from bfcl_ext.bundle import leaderboard_claim, read_leaderboard
 from bfcl_ext.config import SEARCH_KEY_VARIABLE, Settings, require_run_settings
 from bfcl_ext.endpoint import Endpoint
 from bfcl_ext.errors import ConfigError, EntriesFailedError, NotReadyError
@@ -452,11 +452,8 @@ def _leaderboard(context: RunContext, scores: Mapping[str, bridge.CategoryScore]
     row = read_leaderboard(settings.output_dir, {"model": settings.model,
                                                  "served_model_name": settings.model_name_served})
     unscored = [category for category in bridge.scoring_categories() if category not in scores]
-    overall = percent_of(row.get("Overall Acc")) if row else None
     return {
-        "overall_accuracy": overall,
-        "complete": overall is not None and not unscored and settings.limit is None,
-        "categories_not_scored": unscored,
+        **leaderboard_claim(row, unscored, settings.limit),
         "not_run": dict(context.plan.not_run) if context.plan else {},
         "note": "BFCL's weighted overall (non-live 10%, live 10%, irrelevance 10%, multi-turn 30%, agentic 40%), "
                 "as in score/data_overall.csv; a category not scored counts as 0 there",
