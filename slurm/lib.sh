@@ -238,7 +238,7 @@ read_kv_file() {
     local -n _kv=$2
     local key value
     _kv=()
-    [ -f "$1" ] || return 1
+    [ -f "$1" ] && [ ! -L "$1" ] && [ -O "$1" ] || return 1  # never a file another user could have planted
     {
         while IFS='=' read -r key value; do
             case $key in '' | '#'*) continue ;; esac
@@ -284,7 +284,147 @@ set_paths() {
     ENDPOINT_FILE=$(absolute "${BFCL_EXT_ENDPOINT_FILE:-$SLURM_OUT/endpoint.env}")
     STATUS_FILE=${ENDPOINT_FILE%.env}
     STATUS_FILE=${STATUS_FILE%/*}/server-status.env
-    mkdir -p "$SLURM_OUT" "${ENDPOINT_FILE%/*}"
+    (umask 027 && mkdir -p "$SLURM_OUT" "${ENDPOINT_FILE%/*}") || fail 2 "cannot create $SLURM_OUT"
+    local dir problem
+    for dir in "$OUTPUT_DIR" "$SLURM_OUT" "${ENDPOINT_FILE%/*}"; do
+        problem=$(private_dir_problem "$dir") || fail 2 "$problem"
+    done
+}
+
+# private_dir_problem DIR: status 0 when DIR is a folder of this user that no other user can write
+# to (so nobody else can plant an endpoint file, a key file or a symlink in it); otherwise 1 and
+# one line on stdout naming DIR and what is wrong.
+private_dir_problem() {
+    local dir=$1 owner mode
+    if [ -L "$dir" ] && [ ! -O "$dir" ]; then
+        printf '%s is a symbolic link made by uid %s, not by you: refusing to use it\n' "$dir" "$(stat -c %u -- "$dir")"
+        return 1
+    fi
+    if [ ! -d "$dir" ]; then
+        printf '%s is not a folder\n' "$dir"
+        return 1
+    fi
+    owner=$(stat -L -c %u -- "$dir")
+    mode=$(stat -L -c %a -- "$dir")
+    if [ "$owner" != "$(id -u)" ]; then
+        printf '%s belongs to %s (uid %s), not to you (%s): another user could plant files there; use a folder of your own\n' \
+            "$dir" "$(stat -L -c %U -- "$dir")" "$owner" "$(id -un)"
+        return 1
+    fi
+    if (((8#$mode & 8#022) != 0)); then
+        printf '%s is writable by group or others (mode %s): run chmod go-w %s, or use a folder of your own\n' "$dir" "$mode" "$dir"
+        return 1
+    fi
+}
+
+# The server's one-time key (issue: a shared node must not serve anyone who can reach it). The
+# server job makes it when the user gave none and hands it to the runner in a file only the user
+# can read, next to the endpoint file but never in it, nor in argv, a log or the manifest.
+key_file_for() { printf '%s/server-%s.key\n' "$SLURM_OUT" "$1"; }
+
+# make_server_key FILE: a new random key (64 hex digits) in FILE, mode 0600; the key on stdout.
+make_server_key() {
+    local key tmp
+    key=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+    [[ $key =~ ^[0-9a-f]{64}$ ]] || fail 1 "cannot read 32 random bytes from /dev/urandom"
+    tmp=$(umask 077 && mktemp "${1%/*}/.${1##*/}.XXXXXX")
+    printf '%s\n' "$key" >"$tmp"
+    chmod 0600 "$tmp"
+    mv -f "$tmp" "$1"
+    printf '%s\n' "$key"
+}
+
+# read_server_key FILE: the key in FILE on stdout; status 1 when there is no such file, 2 (and a
+# line on stdout saying why) when it is not a plain file of this user that only the user can read.
+read_server_key() {
+    local file=$1 mode
+    [ -e "$file" ] || [ -L "$file" ] || return 1
+    if [ -L "$file" ] || [ ! -f "$file" ] || [ ! -O "$file" ]; then
+        printf '%s is not a plain file of yours: not read\n' "$file"
+        return 2
+    fi
+    mode=$(stat -c %a -- "$file")
+    if (((8#$mode & 8#077) != 0)); then
+        printf '%s can be read by group or others (mode %s): not used; the key may be known to others\n' "$file" "$mode"
+        return 2
+    fi
+    head -n 1 -- "$file"
+}
+
+# server_job_state JOB_ID: job_state, except for a server started by hand (job id local-PID): RUNNING
+# while that process lives on this node, else ENDED.
+server_job_state() {
+    case $1 in
+        local-*) if kill -0 "${1#local-}" 2>/dev/null; then echo RUNNING; else echo ENDED; fi ;;
+        *) job_state "$1" ;;
+    esac
+}
+
+# claim_folder LOCK JOB_ID: one server job per output folder. LOCK is created holding JOB_ID with
+# link(2), which is atomic on NFS too; a lock naming this job already (a requeue) is kept. A lock of
+# a job SLURM says has ended is stale: it is moved aside (rename: one taker wins) and claimed again.
+# Status 1, with CLAIM_HOLDER set to "JOB (STATE)", when a job that has not ended -- or one SLURM
+# cannot tell about -- holds it.
+claim_folder() {
+    local lock=$1 job=$2 tmp holder state aside attempt
+    CLAIM_HOLDER=
+    tmp=$(mktemp "$lock.new.XXXXXX")
+    printf '%s\n' "$job" >"$tmp"
+    for attempt in 1 2 3 4 5; do
+        if ln -T "$tmp" "$lock" 2>/dev/null; then
+            rm -f "$tmp"
+            return 0
+        fi
+        holder=
+        [ -f "$lock" ] && [ -O "$lock" ] && holder=$(head -n 1 -- "$lock" 2>/dev/null || true)
+        if [ -n "$holder" ] && [ "$holder" = "$job" ]; then
+            rm -f "$tmp"
+            return 0
+        fi
+        state=UNKNOWN
+        [[ $holder =~ ^(local-)?[0-9]+$ ]] && state=$(server_job_state "$holder")
+        if [ -n "$holder" ] && job_is_live "$state"; then
+            CLAIM_HOLDER="$holder ($state)"
+            rm -f "$tmp"
+            return 1
+        fi
+        log "taking over the claim on ${lock%/*} of server job ${holder:-?} ($state)"
+        aside=$lock.stale.$job.$attempt
+        if mv -T "$lock" "$aside" 2>/dev/null; then
+            if [ "$(head -n 1 -- "$aside" 2>/dev/null || true)" != "$holder" ]; then
+                ln -T "$aside" "$lock" 2>/dev/null || true # another job claimed it meanwhile: put it back
+            fi
+            rm -f "$aside"
+        fi
+    done
+    rm -f "$tmp"
+    CLAIM_HOLDER="${holder:-?} (could not take the lock over)"
+    return 1
+}
+
+# release_folder LOCK JOB_ID: remove LOCK if it still holds JOB_ID.
+release_folder() {
+    if [ -f "$1" ] && [ -O "$1" ] && [ "$(head -n 1 -- "$1" 2>/dev/null || true)" = "$2" ]; then
+        rm -f "$1"
+    fi
+}
+
+# Checks shared by submit.sh and the job scripts: plain values only (never bash arithmetic on a
+# setting, which would run $(...) in it).
+# is_whole_number VALUE MAX: VALUE is digits only and at most MAX.
+is_whole_number() {
+    [[ $1 =~ ^[0-9]{1,9}$ ]] && [ "$((10#$1))" -le "$2" ]
+}
+
+# is_slurm_time VALUE: a time limit sbatch --time accepts: minutes, minutes:seconds,
+# hours:minutes:seconds, days-hours, days-hours:minutes, days-hours:minutes:seconds, or UNLIMITED.
+is_slurm_time() {
+    [[ $1 =~ ^[0-9]{1,7}(:[0-9]{1,2}){0,2}$ || $1 =~ ^[0-9]{1,5}-[0-9]{1,2}(:[0-9]{1,2}){0,2}$ || ${1^^} =~ ^(UNLIMITED|INFINITE)$ ]]
+}
+
+# is_slurm_memory VALUE: a sbatch --mem value: a whole number with an optional K, M, G or T suffix.
+is_slurm_memory() {
+    [[ $1 =~ ^[0-9]{1,12}[KMGTkmgt]?$ ]]
 }
 
 # Image digests for the manifest. hash_image_in_background REF: when REF names an image file (a

@@ -32,6 +32,8 @@ set -euo pipefail
 
 PROG=bfcl-submit
 SLURM_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=slurm/lib.sh
+source "$SLURM_DIR/lib.sh" # the checks the job scripts make, made here before anything is submitted
 
 usage() {
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
@@ -98,14 +100,51 @@ case $mode in two-job | hetjob | single) ;; *) die "--mode must be two-job, hetj
 case $single_mode in pair | managed) ;; *) die "--single-mode must be pair or managed, not '$single_mode'" ;; esac
 [ -n "$model" ] || die "--model is required (the name the server serves and bfcl-ext scores)"
 [ -n "$categories" ] || die "--categories is required (e.g. simple_python or non_live)"
-[[ $gpus =~ ^[0-9]+$ ]] || die "--gpus must be a whole number, not '$gpus'"
-[[ $lead =~ ^[0-9]+$ ]] || die "--signal-lead must be seconds, not '$lead'"
-[ -z "$limit" ] || [[ $limit =~ ^[1-9][0-9]*$ ]] || die "--limit must be a positive whole number, not '$limit'"
+served_name=${SERVE_SERVED_MODEL_NAME:-${BFCL_EXT_SERVED_MODEL_NAME:-$model}}
+[[ $served_name =~ $ENDPOINT_VALUE_RE ]] \
+    || die "the served model name '$served_name' has characters the job scripts cannot publish (allowed: letters, digits and ._:/@%+,~=-[])"
+is_whole_number "$gpus" 1024 || die "--gpus (SITE_GPUS) must be a whole number from 0 to 1024, not '$gpus'"
+is_whole_number "$lead" 65535 || die "--signal-lead (SITE_SIGNAL_LEAD) must be whole seconds from 0 to 65535, not '$lead'"
+[ -z "$limit" ] || { is_whole_number "$limit" 999999999 && [ "$limit" -gt 0 ]; } \
+    || die "--limit must be a positive whole number, not '$limit'"
+for flag in --time --runner-time; do
+    value=$time_limit
+    [ "$flag" = --runner-time ] && value=$runner_time
+    [ -z "$value" ] || is_slurm_time "$value" \
+        || die "$flag must be a SLURM time limit (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED), not '$value'"
+done
+for setting in SITE_SERVER_CPUS SITE_RUNNER_CPUS; do
+    value=${!setting:-}
+    [ -z "$value" ] || { is_whole_number "$value" 100000 && [ "$value" -gt 0 ]; } \
+        || die "$setting must be empty or a whole number of CPUs from 1 to 100000, not '$value'"
+done
+for setting in SITE_SERVER_MEM SITE_RUNNER_MEM; do
+    value=${!setting:-}
+    [ -z "$value" ] || is_slurm_memory "$value" || die "$setting must be empty or a sbatch --mem value such as 64G, not '$value'"
+done
 if [ -z "$output" ]; then
     output=${SITE_RESULTS_ROOT:-$PWD/bfcl-results}/$(printf '%s' "$model" | tr -c 'A-Za-z0-9._-' '_')
 fi
 case $output in /*) ;; *) output=$PWD/$output ;; esac
+case $output in
+    *%*) die "--output '$output' holds a %, which SLURM would expand in the job log paths (%j, %x, ...): use another folder" ;;
+esac
+[[ $output =~ $ENDPOINT_VALUE_RE ]] \
+    || die "--output '$output' has characters the job scripts cannot publish (allowed: letters, digits and ._:/@+,~=-[])"
 command -v sbatch >/dev/null || [ "$dry_run" = 1 ] || die "sbatch not found: run this on a SLURM login node"
+# The folders must be the user's own and writable by nobody else (the job scripts refuse them too).
+for dir in "$output" "$output/slurm"; do
+    if [ -e "$dir" ] || [ -L "$dir" ]; then
+        problem=$(private_dir_problem "$dir") || die "$problem"
+    fi
+done
+# One evaluation per folder: a server job that holds it (and has not ended) is not joined by another.
+if [ "$dry_run" = 0 ] && [ -f "$output/slurm/server.lock" ]; then
+    holder=$(head -n 1 -- "$output/slurm/server.lock" 2>/dev/null || true)
+    if [[ $holder =~ ^[0-9]+$ ]] && job_is_live "$(job_state "$holder")"; then
+        die "$output is in use by server job $holder ($(job_state "$holder")): one evaluation per output folder (scancel $holder, or use another --output)"
+    fi
+fi
 
 # What every job reads from its environment (sbatch --export=ALL).
 export BFCL_EXT_SLURM_DIR=$SLURM_DIR BFCL_EXT_SITE_ENV=$site BFCL_EXT_OUTPUT_DIR=$output
@@ -121,11 +160,14 @@ site_extra=()
 [ -n "$SITE_SBATCH_EXTRA" ] && read -r -a site_extra <<<"$SITE_SBATCH_EXTRA"
 gres=()
 [ "$gpus" -gt 0 ] && gres=(--gres="gpu:${SITE_GPU_TYPE:+$SITE_GPU_TYPE:}$gpus")
-server_opts=(--job-name=bfcl-server --time="$time_limit" "${gres[@]}")
+time_opt=() runner_time_opt=()
+[ -n "$time_limit" ] && time_opt=(--time="$time_limit")
+[ -n "$runner_time" ] && runner_time_opt=(--time="$runner_time")
+server_opts=(--job-name=bfcl-server "${time_opt[@]}" "${gres[@]}")
 [ -n "$partition" ] && server_opts+=(--partition="$partition")
 [ -n "$SITE_SERVER_CPUS" ] && server_opts+=(--cpus-per-task="$SITE_SERVER_CPUS")
 [ -n "$SITE_SERVER_MEM" ] && server_opts+=(--mem="$SITE_SERVER_MEM")
-runner_opts=(--job-name=bfcl-runner --time="$runner_time" --signal="B:TERM@$lead")
+runner_opts=(--job-name=bfcl-runner "${runner_time_opt[@]}" --signal="B:TERM@$lead")
 [ -n "$runner_partition" ] && runner_opts+=(--partition="$runner_partition")
 [ -n "$SITE_RUNNER_CPUS" ] && runner_opts+=(--cpus-per-task="$SITE_RUNNER_CPUS")
 [ -n "$SITE_RUNNER_MEM" ] && runner_opts+=(--mem="$SITE_RUNNER_MEM")
@@ -150,7 +192,10 @@ submit() {
 }
 
 if [ "$dry_run" = 0 ]; then
-    mkdir -p "$output/slurm"
+    (umask 027 && mkdir -p "$output/slurm") || die "cannot create $output/slurm"
+    for dir in "$output" "$output/slurm"; do
+        problem=$(private_dir_problem "$dir") || die "$problem"
+    done
     printf '# %s %s (%s)\n' "$(date '+%Y-%m-%dT%H:%M:%S')" "$mode" "$site" >>"$output/slurm/submissions.log"
 fi
 echo "model:          $model$([ "$model_path" != "$model" ] && echo " (the server loads $model_path)")"
@@ -161,7 +206,12 @@ case $mode in
         runner_env=(--export="ALL,BFCL_EXT_SERVER_JOB_ID=$server_id,CANCEL_SERVER=$cancel")
         deps=()
         [ "$dependency" = 1 ] && deps=(--dependency="after:$server_id")
-        runner_id=$(submit runner "${common[@]}" "${runner_env[@]}" "${runner_opts[@]}" "${deps[@]}" "${site_extra[@]}" "${sbatch_user[@]}" "$SLURM_DIR/runner.sbatch")
+        if ! runner_id=$(submit runner "${common[@]}" "${runner_env[@]}" "${runner_opts[@]}" "${deps[@]}" "${site_extra[@]}" "${sbatch_user[@]}" "$SLURM_DIR/runner.sbatch"); then
+            # No runner: the server job would hold a GPU and publish an endpoint for nobody.
+            printf '%s: the runner could not be submitted: cancelling the server job %s\n' "$PROG" "$server_id" >&2
+            [ "$dry_run" = 1 ] || scancel "$server_id" || printf '%s: error: scancel %s failed: cancel it yourself\n' "$PROG" "$server_id" >&2
+            exit 1
+        fi
         echo "server job:     $server_id"
         echo "runner job:     $runner_id${deps:+ (starts once $server_id runs)}$([ "$cancel" = 1 ] && echo "; cancels $server_id when it ends")"
         echo "job logs:       $output/slurm/bfcl-server-$server_id.out, $output/slurm/bfcl-runner-$runner_id.out"
@@ -170,11 +220,11 @@ case $mode in
         ;;
     hetjob)
         # Component 0 (the server, and this batch script with the time-limit signal), then 1 (the runner).
-        het_server=(--job-name=bfcl-het --time="$time_limit" --signal="B:TERM@$lead" "${gres[@]}")
+        het_server=(--job-name=bfcl-het "${time_opt[@]}" --signal="B:TERM@$lead" "${gres[@]}")
         [ -n "$partition" ] && het_server+=(--partition="$partition")
         [ -n "$SITE_SERVER_CPUS" ] && het_server+=(--cpus-per-task="$SITE_SERVER_CPUS")
         [ -n "$SITE_SERVER_MEM" ] && het_server+=(--mem="$SITE_SERVER_MEM")
-        het_runner=(--time="$time_limit")
+        het_runner=("${time_opt[@]}")
         [ -n "$runner_partition" ] && het_runner+=(--partition="$runner_partition")
         [ -n "$SITE_RUNNER_CPUS" ] && het_runner+=(--cpus-per-task="$SITE_RUNNER_CPUS")
         [ -n "$SITE_RUNNER_MEM" ] && het_runner+=(--mem="$SITE_RUNNER_MEM")
@@ -185,7 +235,7 @@ case $mode in
         echo "cancel:         scancel $het_id"
         ;;
     single)
-        single=(--job-name=bfcl-single --time="$time_limit" --signal="B:TERM@$lead" "${gres[@]}")
+        single=(--job-name=bfcl-single "${time_opt[@]}" --signal="B:TERM@$lead" "${gres[@]}")
         [ -n "$partition" ] && single+=(--partition="$partition")
         cpus=$((${SITE_SERVER_CPUS:-0} + ${SITE_RUNNER_CPUS:-0}))
         [ "$cpus" -gt 0 ] && single+=(--cpus-per-task="$cpus")

@@ -143,8 +143,8 @@ def test_endpoint_file_is_never_seen_half_written(tmp_path: Path) -> None:
 
 def test_submit_dry_run_shows_site_and_user_settings(tmp_path: Path) -> None:
     site = tmp_path / "site.env"
-    site.write_text((SLURM_DIR / "site.env").read_text().replace("SITE_PARTITION=${SITE_PARTITION:-}",
-                                                                 "SITE_PARTITION=${SITE_PARTITION:-gpu}"))
+    site.write_text((SLURM_DIR / "site.env").read_text().replace("SITE_PARTITION=${SITE_PARTITION-}",
+                                                                 "SITE_PARTITION=${SITE_PARTITION-gpu}"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BFCL_EXT_", "SITE_", "SERVE_", "VLLM_"))}
     args = [str(SLURM_DIR / "submit.sh"), "--site", str(site), "--model", "Qwen/Qwen3-8B", "--model-path",
             "/models/qwen3-8b", "--categories", "simple_python,multiple", "--account", "proj42", "--gpus", "2",
@@ -476,3 +476,325 @@ def test_endpoint_and_status_files_are_sourceable(cluster: SlurmCluster, tmp_pat
     assert cluster.wait(ids["runner"]).exit_code == 0, job_logs(output)
     cluster.wait(ids["server"])
     assert_server_gone(output)
+
+
+# -- a shared cluster is hostile (issue 12): another user, another job, a controller that does not answer
+
+ATTACKER = "bfcl-mallory"  # a second uid, made by the test (no real account: no home, no shell)
+
+
+def _attacker() -> tuple[int, int]:
+    """The uid and gid of a second user on this machine, created once with useradd."""
+    if subprocess.run(["id", "-u", ATTACKER], capture_output=True, check=False).returncode != 0:
+        made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", ATTACKER],
+                              capture_output=True, text=True, check=False)
+        assert made.returncode == 0, f"useradd {ATTACKER} failed (the tests run as root): {made.stderr}"
+    ids = subprocess.run(["id", "-u", ATTACKER], capture_output=True, text=True, check=True).stdout.strip(), \
+        subprocess.run(["id", "-g", ATTACKER], capture_output=True, text=True, check=True).stdout.strip()
+    return int(ids[0]), int(ids[1])
+
+
+class Listener:
+    """The attacker's server: a socket that records every connection (and what was sent first)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = int(self.sock.getsockname()[1])
+        self.received: list[bytes] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.received.append(conn.recv(65536))
+                except OSError:
+                    self.received.append(b"")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def _plant_endpoint(folder: Path, job: str, port: int, owner: tuple[int, int] | None = None) -> Path:
+    endpoint = folder / "endpoint.env"
+    endpoint.write_text(f"SERVER_JOB_ID={job}\nSERVER_HOST=127.0.0.1\nSERVER_PORT={port}\n"
+                        f"VLLM_BASE_URL=http://127.0.0.1:{port}/v1\nBFCL_EXT_ENDPOINT_COMPLETE=1\n")
+    if owner:
+        os.chown(endpoint, *owner)
+    return endpoint
+
+
+def _runner_env(cluster: SlurmCluster, output: Path, **extra: str) -> dict[str, str]:
+    return cluster.job_env({"BFCL_EXT_OUTPUT_DIR": str(output), "BFCL_EXT_MODEL": "m",
+                            "BFCL_EXT_TEST_CATEGORY": "simple_python", "BFCL_EXT_SLURM_DIR": str(SLURM_DIR), **extra})
+
+
+def _queued(cluster: SlurmCluster) -> set[str]:
+    return set(cluster.run(["squeue", "-h", "-o", "%i"]).stdout.split())
+
+
+def test_server_is_closed_by_default_and_the_key_stays_secret(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """No VLLM_API_KEY given: the server job makes a one-time key (a 0600 file, never in the endpoint
+    file, argv, a log or the manifest); a request without it gets 401; the runner uses it."""
+    output = tmp_path / "out"
+    slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "0.2"),
+                            "BFCL_EXT_NUM_THREADS": "1"})
+    assert "VLLM_API_KEY" not in slow
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "20",
+                         env=slow)
+    _wait_answers(output, 1)
+    key_file = output / "slurm" / f"server-{ids['server']}.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600 and key_file.stat().st_uid == os.getuid()
+    key = key_file.read_text().strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+    facts = read_kv(output / "slurm" / "endpoint.env")
+    models = f"{facts['VLLM_BASE_URL']}/models"
+    without = subprocess.run(["curl", "-s", "--noproxy", "*", "-o", "/dev/null", "-w", "%{http_code}", models],
+                             capture_output=True, text=True, check=False)
+    assert without.stdout == "401"
+    with_key = subprocess.run(["curl", "-s", "--noproxy", "*", "-o", "/dev/null", "-w", "%{http_code}", "-H",
+                               f"Authorization: Bearer {key}", models], capture_output=True, text=True, check=False)
+    assert with_key.stdout == "200"
+    listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert key not in listing, "the key is visible in the process list"
+    assert cluster.wait(ids["runner"]).exit_code == 0, job_logs(output)
+    cluster.wait(ids["server"])
+    _check_complete(output, total=20)
+    assert_server_gone(output)
+    assert not key_file.exists(), "the one-time key outlived its server"
+    leaked = [str(p) for p in output.rglob("*") if p.is_file() and key in p.read_text(errors="replace")]
+    assert not leaked, f"the key was written to {leaked}"
+    assert "using the server's one-time key" in job_logs(output)
+
+
+def test_a_folder_another_user_prepared_is_refused(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """The attack: a second user pre-creates the victim's output folder (mode 777), plants an endpoint
+    file naming the victim's running server job and points the log names at the victim's files.
+    submit.sh refuses before anything is submitted; a runner submitted by hand refuses too, and
+    the attacker's server never sees a connection."""
+    uid, gid = _attacker()
+    victim_server = cluster.sbatch("--wrap", "sleep 120", f"--output={tmp_path}/victim-%j.out")
+    output = tmp_path / "shared" / "out"
+    (output / "slurm").mkdir(parents=True)
+    for folder in (output, output / "slurm"):
+        folder.chmod(0o777)
+        os.chown(folder, uid, gid)
+    attacker = Listener()
+    try:
+        _plant_endpoint(output / "slurm", victim_server, attacker.port, owner=(uid, gid))
+        precious = tmp_path / "precious.txt"
+        precious.write_text("the victim's file\n")
+        for name in (f"server-{victim_server}.log", f"bfcl-server-{victim_server}.out"):
+            os.symlink(precious, output / "slurm" / name)
+        before = _queued(cluster)
+        done = cluster.run([str(SLURM_DIR / "submit.sh"), "--site", str(cluster.site_file), "--model", "m",
+                            "--categories", "simple_python", "--output", str(output)])
+        assert done.returncode == 2, done.stderr
+        assert f"bfcl-submit: error: {output} belongs to {ATTACKER} (uid {uid}), not to you" in done.stderr
+        assert _queued(cluster) == before, "submit.sh submitted a job into a folder it refused"
+        assert not (output / "slurm" / "submissions.log").exists()
+
+        job = cluster.sbatch(f"--output={tmp_path}/runner-%j.out", str(SLURM_DIR / "runner.sbatch"),
+                             env=_runner_env(cluster, output, BFCL_EXT_ENDPOINT_TIMEOUT="5"))
+        assert cluster.wait(job).exit_code == 2
+        log = (tmp_path / f"runner-{job}.out").read_text()
+        assert f"ERROR: {output} belongs to {ATTACKER}" in log
+        assert attacker.received == [], "the runner connected to the attacker's server"
+        assert precious.read_text() == "the victim's file\n"
+    finally:
+        attacker.close()
+        cluster.run(["scancel", victim_server])
+
+    own = tmp_path / "open"
+    own.mkdir(mode=0o777)
+    own.chmod(0o777)
+    done = cluster.run([str(SLURM_DIR / "submit.sh"), "--site", str(cluster.site_file), "--model", "m",
+                        "--categories", "simple_python", "--output", str(own)])
+    assert done.returncode == 2
+    assert f"{own} is writable by group or others (mode 777): run chmod go-w {own}" in done.stderr
+
+
+def test_files_of_another_user_are_never_read(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """In the victim's own folder, an endpoint file that another uid owns is ignored (root could
+    have chowned it there; on a real cluster it means the folder was not private once)."""
+    uid, gid = _attacker()
+    output = tmp_path / "out"
+    (output / "slurm").mkdir(parents=True, mode=0o750)
+    bystander = cluster.sbatch("--wrap", "sleep 120", f"--output={tmp_path}/bystander-%j.out")
+    attacker = Listener()
+    try:
+        _plant_endpoint(output / "slurm", bystander, attacker.port, owner=(uid, gid))
+        job = cluster.sbatch(f"--output={tmp_path}/runner-%j.out", str(SLURM_DIR / "runner.sbatch"),
+                             env=_runner_env(cluster, output, BFCL_EXT_ENDPOINT_TIMEOUT="4"))
+        assert cluster.wait(job).exit_code == 3
+        assert "no endpoint file appeared" in (tmp_path / f"runner-{job}.out").read_text()
+        assert attacker.received == []
+    finally:
+        attacker.close()
+        cluster.run(["scancel", bystander])
+
+
+def test_a_stale_endpoint_is_not_trusted_while_the_controller_cannot_answer(cluster: SlurmCluster,
+                                                                           tmp_path: Path) -> None:
+    """squeue fails (the controller is down): the endpoint file's job may have ended, so the runner
+    keeps waiting instead of connecting; it gives up at its timeout, saying why."""
+    output = tmp_path / "out"
+    (output / "slurm").mkdir(parents=True)
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    squeue = fake_bin / "squeue"
+    squeue.write_text("#!/bin/sh\necho 'squeue: error: slurm_load_jobs error: Unable to contact slurm controller' >&2\n"
+                      "exit 1\n")
+    squeue.chmod(0o755)
+    ended = cluster.sbatch("--wrap", "true", f"--output={tmp_path}/ended-%j.out")
+    cluster.wait(ended)
+    attacker = Listener()
+    try:
+        _plant_endpoint(output / "slurm", ended, attacker.port)
+        env = _runner_env(cluster, output, BFCL_EXT_ENDPOINT_TIMEOUT="20", BFCL_EXT_SQUEUE_INTERVAL="1")
+        env["PATH"] = f"{fake_bin}:{env['PATH']}"
+        job = cluster.sbatch(f"--output={tmp_path}/runner-%j.out", str(SLURM_DIR / "runner.sbatch"), env=env)
+        assert cluster.wait(job, timeout=90).exit_code == 3
+        log = (tmp_path / f"runner-{job}.out").read_text()
+        assert f"names server job {ended}, and SLURM cannot say whether it runs: waiting" in log
+        assert "within 20s" in log
+        assert attacker.received == []
+    finally:
+        attacker.close()
+
+
+def test_one_server_job_per_output_folder(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """A second submission to a folder in use is refused at submit; a second server job sent by
+    hand exits 2 without touching the first one's endpoint or status; a lock left by an ended job
+    (a server killed without clean-up) is taken over."""
+    output = tmp_path / "out"
+    slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "0.2"),
+                            "BFCL_EXT_NUM_THREADS": "1"})
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "30",
+                         env=slow)
+    _wait_answers(output, 1)
+    lock = output / "slurm" / "server.lock"
+    assert lock.read_text().strip() == ids["server"]
+    endpoint_before = (output / "slurm" / "endpoint.env").read_text()
+
+    before = _queued(cluster)
+    again = cluster.run([str(SLURM_DIR / "submit.sh"), "--site", str(cluster.site_file), "--model", "m",
+                         "--categories", "simple_python", "--output", str(output)])
+    assert again.returncode == 2
+    assert f"is in use by server job {ids['server']} (RUNNING)" in again.stderr
+    assert _queued(cluster) == before
+
+    env = cluster.job_env({"BFCL_EXT_OUTPUT_DIR": str(output), "BFCL_EXT_MODEL": "m",
+                           "BFCL_EXT_SLURM_DIR": str(SLURM_DIR)})
+    second = cluster.sbatch(f"--output={tmp_path}/second-%j.out", str(SLURM_DIR / "server.sbatch"), env=env)
+    assert cluster.wait(second).exit_code == 2
+    assert f"is in use by server job {ids['server']} (RUNNING)" in (tmp_path / f"second-{second}.out").read_text()
+    assert (output / "slurm" / "endpoint.env").read_text() == endpoint_before
+    assert read_kv(output / "slurm" / "server-status.env")["SERVER_JOB_ID"] == ids["server"]
+    assert not (output / "slurm" / f"server-{second}.log").exists()
+
+    assert cluster.wait(ids["runner"]).exit_code == 0, job_logs(output)
+    cluster.wait(ids["server"])
+    assert not lock.exists(), "the server job did not release its claim"
+
+    ended = cluster.sbatch("--wrap", "true", f"--output={tmp_path}/ended-%j.out")
+    cluster.wait(ended)
+    lock.write_text(f"{ended}\n")  # as a SIGKILLed server job leaves it
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "30")
+    assert cluster.wait(ids["runner"]).exit_code == 0, job_logs(output)
+    assert f"taking over the claim on {output}/slurm of server job {ended}" in job_logs(output)
+    cluster.wait(ids["server"])
+
+
+def test_a_failed_runner_submission_cancels_the_server_job(cluster: SlurmCluster, tmp_path: Path) -> None:
+    output = tmp_path / "out"
+    done = cluster.run([str(SLURM_DIR / "submit.sh"), "--site", str(cluster.site_file), "--model", "m",
+                        "--categories", "simple_python", "--output", str(output), "--runner-partition", "nosuch"])
+    assert done.returncode == 1, done.stderr
+    match = re.search(r"the runner could not be submitted: cancelling the server job (\d+)", done.stderr)
+    assert match, done.stderr
+    server = match.group(1)
+    cluster.submitted.append(server)
+    job = cluster.wait(server, timeout=60)
+    assert job.state == "CANCELLED", job.raw
+    assert not (output / "slurm" / "endpoint.env").exists()
+
+
+def test_the_runner_stops_at_once_when_its_server_job_ends(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """The server job is cancelled mid-run while bfcl-ext would ride out a ten-minute recovery
+    timeout: the runner notices the job has ended and stops within seconds, results kept (exit 3)."""
+    output = tmp_path / "out"
+    slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "0.5"),
+                            "BFCL_EXT_NUM_THREADS": "2", "BFCL_EXT_RECOVERY_TIMEOUT": "600",
+                            "BFCL_EXT_SQUEUE_INTERVAL": "2"})
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "200",
+                         env=slow)
+    _wait_answers(output, 5)
+    cancelled = time.monotonic()
+    cluster.run(["scancel", ids["server"]])
+    runner = cluster.wait(ids["runner"], timeout=120)
+    took = time.monotonic() - cancelled
+    assert runner.exit_code == 3, job_logs(output)
+    assert took < 60, f"the runner took {took:.0f} s to notice"
+    logs = job_logs(output)
+    assert f"the server job {ids['server']} has ended" in logs and "results so far are kept" in logs
+    assert 5 <= summary(output)["entries"]["answered"] < 200
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--model", "my model"], {}, "the served model name 'my model' has characters"),
+    (["--model", "m$(touch {marker})"], {}, "has characters the job scripts cannot publish"),
+    (["--output", "{tmp}/run-%j"], {}, "holds a %, which SLURM would expand"),
+    (["--output", "{tmp}/my results"], {}, "has characters the job scripts cannot publish"),
+    (["--time", "1:2:3:4"], {}, "--time must be a SLURM time limit"),
+    (["--runner-time", "soon"], {}, "--runner-time must be a SLURM time limit"),
+    (["--gpus", "99999999999999999999"], {}, "--gpus (SITE_GPUS) must be a whole number from 0 to 1024"),
+    (["--gpus", "-1"], {}, "--gpus (SITE_GPUS) must be a whole number"),
+    (["--signal-lead", "1e3"], {}, "--signal-lead (SITE_SIGNAL_LEAD) must be whole seconds"),
+    (["--mode", "single"], {"SITE_SERVER_CPUS": "BASH_VERSINFO[$(touch {marker})0]"},
+     "SITE_SERVER_CPUS must be empty or a whole number of CPUs"),
+    ([], {"SITE_RUNNER_MEM": "lots"}, "SITE_RUNNER_MEM must be empty or a sbatch --mem value"),
+], ids=["model-space", "model-command", "output-percent", "output-space", "time", "runner-time", "gpus-huge",
+        "gpus-negative", "signal-lead", "cpus-arithmetic", "memory"])
+def test_submit_refuses_what_the_jobs_would_refuse(cluster: SlurmCluster, tmp_path: Path, args: list[str],
+                                                   env: dict[str, str], message: str) -> None:
+    marker = tmp_path / "marker"
+    fill = {"marker": str(marker), "tmp": str(tmp_path)}
+    site = tmp_path / "site.env"
+    site.write_text((SLURM_DIR / "site.env").read_text())  # the shipped one: environment values win
+    argv = ["--model", "m", "--categories", "simple_python", "--output", str(tmp_path / "out")]
+    argv += [a.format(**fill) for a in args]
+    before = _queued(cluster)
+    done = cluster.run([str(SLURM_DIR / "submit.sh"), "--site", str(site), *argv],
+                       env=cluster.job_env({k: v.format(**fill) for k, v in env.items()}))
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("bfcl-submit: error: ") and message in line, line
+    assert _queued(cluster) == before, "something was submitted"
+    assert not marker.exists(), "a setting was run as a command"
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_site_setting_in_the_environment_stays_empty(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BFCL_EXT_", "SITE_", "SERVE_", "VLLM_"))}
+    env.update({"SITE_SERVER_MEM": "", "SITE_SERVER_CPUS": "", "SITE_TIME": ""})
+    done = subprocess.run([str(SLURM_DIR / "submit.sh"), "--model", "m", "--categories", "simple_python", "--output",
+                           str(tmp_path / "out"), "--dry-run"], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    server = next(line for line in done.stderr.splitlines() if "server.sbatch" in line)
+    assert "--mem" not in server and "--cpus-per-task" not in server and "--time" not in server, server
+    assert "--gres=gpu:1" in server  # unset settings keep their defaults
