@@ -798,3 +798,27 @@ def test_an_empty_site_setting_in_the_environment_stays_empty(tmp_path: Path) ->
     server = next(line for line in done.stderr.splitlines() if "server.sbatch" in line)
     assert "--mem" not in server and "--cpus-per-task" not in server and "--time" not in server, server
     assert "--gres=gpu:1" in server  # unset settings keep their defaults
+
+
+def test_quoting_and_commands_in_settings_run_nothing(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """$(...), backticks, ; and newlines in SERVE_* values and categories are data, never commands:
+    the run goes on (or bfcl-ext refuses the category), and no marker file appears."""
+    marker = tmp_path / "ran"
+    payload = f"$(touch {marker}-dollar)`touch {marker}-tick`;touch {marker}-semi\ntouch {marker}-newline"
+    output = tmp_path / "out"
+    env = cluster.job_env({
+        "BFCL_EXT_SERVER_COMMAND": f"bash {REPO_ROOT / 'docker' / 'vllm' / 'entrypoint.sh'}",
+        "SERVE_COMMAND": f"{BFCL_EXT_BIN} standin", "SERVE_TOOL_CALL_PARSER": payload,
+    })
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "5",
+                         env=env)
+    assert cluster.wait(ids["runner"]).exit_code == 0, job_logs(output)
+    cluster.wait(ids["server"])
+    assert json.loads((output / "manifest.json").read_text())["server"]["tool_call_parser"] == payload
+
+    bad = tmp_path / "bad"
+    ids = cluster.submit("--model", "m", "--categories", f"simple_python,{payload}", "--output", str(bad))
+    assert cluster.wait(ids["runner"]).exit_code == 2, job_logs(bad)
+    cluster.wait(ids["server"])
+    assert "bfcl-ext: error:" in job_logs(bad)
+    assert not list(tmp_path.glob("ran-*")), "a setting was run as a command"
