@@ -150,7 +150,7 @@ fi
 export BFCL_EXT_SLURM_DIR=$SLURM_DIR BFCL_EXT_SITE_ENV=$site BFCL_EXT_OUTPUT_DIR=$output
 export BFCL_EXT_MODEL=$model BFCL_EXT_TEST_CATEGORY=$categories SERVE_MODEL=$model_path
 [ -n "$limit" ] && export BFCL_EXT_LIMIT=$limit
-export BFCL_EXT_SINGLE_MODE=$single_mode
+export BFCL_EXT_SINGLE_MODE=$single_mode BFCL_EXT_SIGNAL_LEAD=$lead
 unset BFCL_EXT_SERVER_JOB_ID CANCEL_SERVER BFCL_EXT_SERVER_PID
 
 common=(--parsable --output="$output/slurm/%x-%j.out")

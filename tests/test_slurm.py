@@ -822,3 +822,23 @@ def test_quoting_and_commands_in_settings_run_nothing(cluster: SlurmCluster, tmp
     cluster.wait(ids["server"])
     assert "bfcl-ext: error:" in job_logs(bad)
     assert not list(tmp_path.glob("ran-*")), "a setting was run as a command"
+
+
+def test_the_runner_stops_before_its_server_job_reaches_its_time_limit(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """Two-job mode: the server job starts first and would end first. The runner stops bfcl-ext
+    lead seconds before the server job's end time, while the server still answers: exit 143,
+    results kept, and the server job is cancelled by the runner, not ended by its time limit."""
+    output = tmp_path / "out"
+    slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "1"),
+                            "BFCL_EXT_NUM_THREADS": "2", "BFCL_EXT_SQUEUE_INTERVAL": "5"})
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output),
+                         "--time", "2", "--runner-time", "10", "--signal-lead", "60", env=slow)
+    runner = cluster.wait(ids["runner"], timeout=180)
+    assert runner.exit_code == 143, job_logs(output)
+    server = cluster.wait(ids["server"])
+    assert server.state == "CANCELLED", server.raw
+    logs = job_logs(output)
+    assert f"the server job {ids['server']} reaches its time limit in 60s: stopping bfcl-ext" in logs
+    assert "results so far are kept" in logs
+    facts = summary(output)
+    assert facts["status"] == "interrupted" and 0 < facts["entries"]["answered"] < 400, facts
