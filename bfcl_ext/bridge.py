@@ -42,7 +42,8 @@ class TransportError(Exception):
 def _package_dir() -> Path:
     spec = importlib.util.find_spec("bfcl_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("bfcl-eval", "not installed", "run scripts/install.sh (or pip install 'bfcl-ext[full]')")
+        raise ConfigError("bfcl-eval", "not installed",
+                          "run scripts/install.sh in the bfcl_ext repository (bfcl-ext is not on PyPI)")
     return Path(next(iter(spec.submodule_search_locations)))
 
 

@@ -30,7 +30,14 @@ for arg in "$@"; do
 done
 
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
-    echo "install.sh: PYTHON=$PYTHON not found; bfcl-eval needs Python 3.10-3.12" >&2
+    echo "install.sh: PYTHON=$PYTHON not found; the locked environment needs Python 3.11 or 3.12" >&2
+    exit 2
+fi
+# requirements/runner.lock holds packages that need Python 3.11 or later (pandas 3, scipy 1.17,
+# transformers 5, ...); bfcl-eval itself stops at 3.12.
+if ! "$PYTHON" -c 'import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] <= (3, 12)))'; then
+    echo "install.sh: PYTHON=$PYTHON is Python $("$PYTHON" -c 'import platform; print(platform.python_version())');" \
+         "the locked environment needs Python 3.11 or 3.12 (set PYTHON=python3.11)" >&2
     exit 2
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"

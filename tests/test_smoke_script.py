@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -81,3 +82,20 @@ def test_local_smoke_script_runs_the_whole_leaderboard(tmp_path: Path) -> None:
     rows = list(csv.DictReader((out / "score" / "data_overall.csv").open()))
     assert f"{board['overall_accuracy']:.2%}" == rows[0]["Overall Acc"]
     assert "BFCL overall" in done.stdout and "partial" not in done.stdout
+
+
+def test_install_refuses_a_python_the_locks_cannot_install_on(tmp_path: Path) -> None:
+    """requirements/runner.lock needs Python 3.11+: install.sh says so before making a venv, and
+    the README and pyproject name the same versions."""
+    fake = tmp_path / "python3.10"
+    fake.write_text("#!/bin/sh\n# answers the version questions as Python 3.10 does\n"
+                    "case \"$2\" in *version_info*) exit 1 ;; *python_version*) echo 3.10.14 ;; esac\n")
+    fake.chmod(0o755)
+    venv = tmp_path / "venv"
+    done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "install.sh")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": str(fake), "VENV": str(venv)}, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "is Python 3.10.14; the locked environment needs Python 3.11 or 3.12" in done.stderr
+    assert not venv.exists()
+    assert 'requires-python = ">=3.11,<3.13"' in (REPO_ROOT / "pyproject.toml").read_text()
+    assert "(Python 3.11 or 3.12:" in (REPO_ROOT / "README.md").read_text()
