@@ -15,7 +15,24 @@ if [ "${1:-}" = "--compose" ]; then
 fi
 CATEGORIES=${1:-simple_python}
 
+# compose.smoke.yaml (and compose.cpu.yaml) replace settings with the !override and !reset tags:
+# Docker Compose 2.24.4 or later (the docs' "Requires" for !override; !reset came in 2.18.0).
+COMPOSE_MINIMUM=2.24.4
+check_compose_version() {
+    local docker=${DOCKER:-docker} found
+    if ! found=$("$docker" compose version --short 2>/dev/null); then
+        echo "smoke.sh: '$docker compose' does not run: install Docker Compose v2 ($COMPOSE_MINIMUM or later)" >&2
+        exit 2
+    fi
+    found=${found#v}
+    if [ "$(printf '%s\n' "$COMPOSE_MINIMUM" "$found" | sort -V | head -n 1)" != "$COMPOSE_MINIMUM" ]; then
+        echo "smoke.sh: Docker Compose $found is too old: compose.smoke.yaml's !override and !reset tags need $COMPOSE_MINIMUM or later" >&2
+        exit 2
+    fi
+}
+
 if [ "$mode" = compose ]; then
+    check_compose_version
     results=${BFCL_EXT_RESULTS_DIR:-./results}
     mkdir -p "$results"
     if [ "$(id -u)" = 0 ]; then chown "${RUNNER_UID:-1000}:${RUNNER_GID:-1000}" "$results"; fi

@@ -99,3 +99,17 @@ def test_install_refuses_a_python_the_locks_cannot_install_on(tmp_path: Path) ->
     assert not venv.exists()
     assert 'requires-python = ">=3.11,<3.13"' in (REPO_ROOT / "pyproject.toml").read_text()
     assert "(Python 3.11 or 3.12:" in (REPO_ROOT / "README.md").read_text()
+
+
+def test_compose_smoke_refuses_a_compose_too_old_for_the_override_tags(tmp_path: Path) -> None:
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/sh\n[ \"$1 $2 $3\" = 'compose version --short' ] && echo 2.20.3 && exit 0\n"
+                    "echo \"unexpected: $*\" >&2; exit 9\n")
+    fake.chmod(0o755)
+    env = {**os.environ, "DOCKER": str(fake), "BFCL_EXT_RESULTS_DIR": str(tmp_path / "r")}
+    done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "smoke.sh"), "--compose"], capture_output=True,
+                          text=True, env=env, check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == ("smoke.sh: Docker Compose 2.20.3 is too old: compose.smoke.yaml's !override and "
+                                   "!reset tags need 2.24.4 or later")
+    assert "Compose 2.24.4 or later" in (REPO_ROOT / "README.md").read_text()
