@@ -579,7 +579,7 @@ def print_table(summary: Mapping[str, Any]) -> None:
         print(f"{'overall':<{width}}  {overall['accuracy']:>8.2%}  {overall['correct']}/{overall['total']}")
     board = summary.get("leaderboard") or {}
     if board.get("overall_accuracy") is not None:
-        marker = "" if board.get("complete") else "  (partial: not the whole leaderboard)"
+        marker = "" if board.get("complete") else "  (partial: categories not scored count as 0)"
         print(f"{'BFCL overall':<{width}}  {board['overall_accuracy']:>8.2%}  weighted, as BFCL{marker}")
     for category, why in (board.get("not_run") or {}).items():
         print(f"not run: {category}: {why}")
