@@ -16,12 +16,17 @@ OpenAI-compatible server), both tools talking to it over 127.0.0.1:
      polled every 20 ms, times port-open -> first request from outside
   5. peak memory (max RSS, from wait4) of the bfcl-ext process and of upstream's two processes
      during scenario 1
+  6. injected faults: bfcl-ext (its defaults, retry settings included) on ``simple_python`` against
+     a clean stand-in, one answering 20% of completions with an unusable 200 (all kinds) and one
+     answering 10% with 500; N runs each, interleaved, median; accuracy, retries and
+     "Error during inference" answers on disk
 
 Run from the repository root:
 
-    .venv/bin/python benchmarks/bench_runner.py [--quick] [--json figures.json]
+    .venv/bin/python benchmarks/bench_runner.py [--quick] [--scenario faults,...] [--json figures.json]
 
-``--quick``: scenario 1 on simple_python only, 1 repeat in scenario 2, 5 ``--help`` runs.
+``--quick``: scenario 1 on simple_python only, 1 repeat in scenario 2, 5 ``--help`` runs,
+scenario 6 on the first 100 entries, 1 repeat.
 Standard library and ``requests`` only. Every stand-in and tool process is started and stopped
 here (SIGTERM, also on Ctrl-C). Outputs stay in a temp folder printed at the top.
 """
@@ -29,6 +34,7 @@ here (SIGTERM, also on Ctrl-C). Outputs stay in a temp folder printed at the top
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -59,6 +65,19 @@ TARGETS = {
     "help_s": 0.5,  # scenario 3: at most
     "first_request_after_ready_s": 1.0,  # scenario 4: at most
 }
+SCENARIOS = ("help", "out-of-the-box", "load-delay", "overhead", "faults")  # --scenario names, in run order
+# Scenario 6: (label, stand-in fault flags); the first is the clean baseline the others are divided by.
+# --bad-reply-kinds is not passed: the stand-in then draws all four kinds evenly.
+FAULT_ARMS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("clean", ()),
+    ("bad_replies_20pct", ("--bad-reply-rate", "0.2", "--seed", "7")),
+    ("errors_10pct", ("--error-rate", "0.1", "--seed", "7")),
+)
+# bfcl-ext settings that decide how long a retried request waits (read back from manifest.json)
+RETRY_SETTINGS = ("num_threads", "max_retries", "retry_rounds", "request_timeout")
+# bfcl-ext's backoff (bridge._backoff, generation's pass loop): code, not settings
+BACKOFF = ("per request: 0.5 s doubling, at most 8 s, less 0-25% jitter, before each of max_retries retries; "
+           "per pass over still-failed entries: min(2**pass, 30) s")
 # Settings that would steer either tool away from the stand-in (or into a container default).
 SCRUBBED_PREFIXES = ("BFCL_EXT_", "VLLM_", "OPENAI_", "REMOTE_OPENAI_", "LOCAL_SERVER_")
 SCRUBBED_NAMES = ("BFCL_PROJECT_ROOT",)
@@ -220,16 +239,27 @@ class Standin:
             time.sleep(0.05)
         raise RuntimeError(f"stand-in not healthy after {timeout:.0f} s; see {self.log}")
 
-    def warm_up(self) -> None:
-        """One completion, so the oracle loads its data now and not inside a timed run."""
+    def warm_up(self, tries: int = 10) -> None:
+        """One completion, so the oracle loads its data now and not inside a timed run.
+
+        A stand-in with ``--error-rate`` may answer it 500 before the oracle ran: asked again then.
+        """
         body = {"model": MODEL, "messages": [{"role": "user", "content": "warm-up"}]}
-        requests.post(f"{self.base_url}/chat/completions", json=body, timeout=120).raise_for_status()
+        for _ in range(tries):
+            reply = requests.post(f"{self.base_url}/chat/completions", json=body, timeout=120)
+            if reply.status_code == 200:
+                return
+        reply.raise_for_status()
 
     def stats(self) -> dict[str, Any]:
         return requests.get(f"{self.root}/standin/stats", timeout=10).json()
 
     def received(self) -> int:
-        return int(self.stats().get("received", 0))
+        return self.counter("received")
+
+    def counter(self, name: str) -> int:
+        """One of the stand-in's counters (``received``, ``ok``, ``errors``, ``bad_replies``, ...)."""
+        return int(self.stats().get(name, 0))
 
     def stop(self) -> None:
         if self.process is not None:
@@ -342,7 +372,8 @@ def count_error_answers(result_dir: Path) -> int:
 
 
 def run_bfcl_ext(workdir: Path, standin: Standin, category: str, timeout: float,
-                 threads: int | None = None, wait_timeout: float | None = None) -> Outcome:
+                 threads: int | None = None, wait_timeout: float | None = None,
+                 limit: int | None = None) -> Outcome:
     """``bfcl-ext run --skip-vllm`` with its defaults, from a fresh working folder."""
     workdir.mkdir(parents=True)
     out = workdir / "out"
@@ -353,6 +384,8 @@ def run_bfcl_ext(workdir: Path, standin: Standin, category: str, timeout: float,
         argv += ["--num-threads", str(threads)]
     if wait_timeout is not None:
         argv += ["--wait-timeout", str(wait_timeout)]
+    if limit is not None:
+        argv += ["--limit", str(limit)]
     before = _received(standin)
     run = run_tool("bfcl-ext run", argv, workdir, clean_environment(), workdir / "bfcl-ext.log", timeout, standin)
     summary_path = out / "summary.json"
@@ -382,8 +415,12 @@ def run_upstream(workdir: Path, standin: Standin, category: str, timeout: float,
 
 
 def _received(standin: Standin) -> int:
+    return _counter(standin, "received")
+
+
+def _counter(standin: Standin, name: str) -> int:
     try:
-        return standin.received()
+        return standin.counter(name)
     except requests.RequestException:
         return 0
 
@@ -598,36 +635,145 @@ def scenario_overhead(workdir: Path, repeats: int, threads: int, timeout: float)
     }
 
 
-def scenario_faults(workdir: Path, latency: float, timeout: float) -> dict[str, Any]:
-    """Slowdown of a run where 10% of requests are answered 500, or 20% get a 200 reply the client
-    cannot use (cut body, null message, no usage, no choices), against a clean run."""
-    say(f"\n[6] injected failures: simple_python, {latency} s per request, bfcl-ext defaults, clean vs "
-        "--error-rate 0.1 vs --bad-reply-rate 0.2 (retried with backoff; every entry must still score)")
-    outcomes: dict[str, Outcome] = {}
-    for label, faults in (("clean", ()), ("errors_10pct", ("--error-rate", "0.1", "--seed", "7")),
-                          ("bad_replies_20pct", ("--bad-reply-rate", "0.2", "--seed", "7"))):
-        with Standin(workdir, latency=latency, faults=faults) as standin:
+@dataclass
+class FaultArm:
+    """Scenario 6: one stand-in (clean, or with fault flags) and bfcl-ext's runs against it."""
+
+    label: str
+    faults: tuple[str, ...]
+    runs: list[Outcome] = field(default_factory=list)
+    bad_replies_sent: list[int] = field(default_factory=list)  # the stand-in's own count, per run
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(o.wall_s for o in self.runs)
+
+    def phase_s(self) -> list[float | None]:
+        """summary.json's ``generation_and_evaluation``, per run: the wall time less bfcl-ext's start-up."""
+        return [(o.summary.get("durations_s") or {}).get("generation_and_evaluation") for o in self.runs]
+
+    @property
+    def median_phase_s(self) -> float | None:
+        known = [value for value in self.phase_s() if value is not None]
+        return statistics.median(known) if known else None
+
+    def requests(self, key: str) -> list[Any]:
+        """One figure of summary.json's ``requests``, per run."""
+        return [(o.summary.get("requests") or {}).get(key) for o in self.runs]
+
+    def entries_failed(self) -> list[Any]:
+        return [(o.summary.get("entries") or {}).get("failed") for o in self.runs]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "standin_args": list(self.faults),
+            "wall_s": [round(o.wall_s, 3) for o in self.runs],
+            "median_wall_s": self.median_s,
+            "generation_and_evaluation_s": self.phase_s(),
+            "median_generation_and_evaluation_s": self.median_phase_s,
+            "returncodes": [o.runs[0].returncode for o in self.runs],
+            "overall": [o.overall() for o in self.runs],
+            "summary_requests": [o.summary.get("requests") for o in self.runs],
+            "bad_replies_at_standin": self.bad_replies_sent,
+            "entries_failed": self.entries_failed(),
+            "error_during_inference_answers": [o.error_answers for o in self.runs],
+            "output_dirs": [str(o.output_dir) for o in self.runs],
+        }
+
+
+def scenario_faults(workdir: Path, latency: float, repeats: int, limit: int | None,
+                    timeout: float) -> dict[str, Any]:
+    """Wall time of bfcl-ext against stand-ins answering 20% of completions with a 200 the client
+    cannot use (cut body, null message, no usage, no choices) or 10% with 500, vs a clean one.
+
+    bfcl-ext runs with its defaults (threads and retry settings: what a user gets); the stand-ins
+    run side by side and the runs are interleaved, so load drifts hit every arm alike.
+    """
+    entries = f"first {limit} entries" if limit else "all entries"
+    say(f"\n[6] injected faults: simple_python ({entries}), {latency} s per completion, bfcl-ext defaults, "
+        f"{repeats} run(s) per stand-in, interleaved; stand-ins: "
+        + "; ".join(f"{label} {' '.join(flags) or '(no faults)'}" for label, flags in FAULT_ARMS))
+    arms = [FaultArm(label, flags) for label, flags in FAULT_ARMS]
+    with contextlib.ExitStack() as stack:
+        standins = [stack.enter_context(Standin(workdir, latency=latency, faults=arm.faults)) for arm in arms]
+        for standin in standins:
             standin.start()
             standin.warm_up()
-            outcome = run_bfcl_ext(workdir / f"s6-{label}", standin, "simple_python", timeout)
-            check(outcome, f"bfcl-ext ({label})")
-            outcomes[label] = outcome
-            requests = outcome.summary.get("requests", {})
-            say(f"  {label:13s} {outcome.wall_s:6.2f} s  accuracy {fmt_pct(outcome.overall()['accuracy'])}  "
-                f"http errors {requests.get('http_errors_by_status')}  retried {requests.get('retried_requests')}")
-    slowdown = outcomes["errors_10pct"].wall_s / outcomes["clean"].wall_s
-    bad_slowdown = outcomes["bad_replies_20pct"].wall_s / outcomes["clean"].wall_s
-    say(f"  slowdown with 10% failures: {slowdown:.2f}x; with 20% unusable 200 replies: {bad_slowdown:.2f}x")
+        for index in range(repeats):
+            for arm, standin in zip(arms, standins, strict=True):
+                _fault_run(arm, standin, workdir / f"s6-{arm.label}-{index + 1}", timeout, limit)
+    return _faults_figures(arms, latency, repeats, limit)
+
+
+def _fault_run(arm: FaultArm, standin: Standin, workdir: Path, timeout: float, limit: int | None) -> None:
+    before = _counter(standin, "bad_replies")
+    outcome = run_bfcl_ext(workdir, standin, "simple_python", timeout, limit=limit)
+    check(outcome, f"bfcl-ext ({arm.label})")
+    arm.runs.append(outcome)
+    arm.bad_replies_sent.append(_counter(standin, "bad_replies") - before)
+    counts, overall = outcome.summary.get("requests") or {}, outcome.overall()
+    phase = (outcome.summary.get("durations_s") or {}).get("generation_and_evaluation")
+    say(f"  run {len(arm.runs)} {arm.label:<18}{outcome.wall_s:7.2f} s (generation + scoring {_secs(phase)})  "
+        f"rc {outcome.runs[0].returncode}  "
+        f"accuracy {fmt_pct(overall['accuracy'])} {overall['correct']}/{overall['total']}  "
+        f"bad_replies {counts.get('bad_replies')} (stand-in sent {arm.bad_replies_sent[-1]})  "
+        f"retried_requests {counts.get('retried_requests')}  http errors {counts.get('http_errors_by_status')}  "
+        f"'Error during inference' {outcome.error_answers}")
+
+
+def retry_settings(outcome: Outcome) -> dict[str, Any]:
+    """The run's thread and retry settings, each with where it came from (manifest.json: default, env, flag)."""
+    path = outcome.output_dir / "manifest.json"
+    settings = (json.loads(path.read_text()) if path.exists() else {}).get("settings", {})
+    sources = settings.get("sources", {})
+    return {name: {"value": settings.get(name), "source": sources.get(name)} for name in RETRY_SETTINGS}
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def _fmt_ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _faults_figures(arms: list[FaultArm], latency: float, repeats: int, limit: int | None) -> dict[str, Any]:
+    clean, faulty = arms[0], arms[1:]
+    settings = retry_settings(clean.runs[0])
+    ratios = {arm.label: arm.median_s / clean.median_s for arm in faulty}
+    phase_ratios = {arm.label: _ratio(arm.median_phase_s, clean.median_phase_s) for arm in faulty}
+    overall = [o.overall() for arm in arms for o in arm.runs]
+    accuracy_equal = all(o == overall[0] for o in overall)
+    error_answers = sum(o.error_answers for arm in arms for o in arm.runs)
+    failed = sum(n or 0 for arm in arms for n in arm.entries_failed())
+    say("  bfcl-ext settings (manifest.json): "
+        + ", ".join(f"{name} {s['value']} ({s['source']})" for name, s in settings.items()))
+    say(f"  backoff (bfcl-ext code): {BACKOFF}")
+    for arm in faulty:
+        say(f"  median wall: clean {clean.median_s:.2f} s, {arm.label} {arm.median_s:.2f} s, "
+            f"ratio {ratios[arm.label]:.2f}; generation + scoring: clean {_secs(clean.median_phase_s)}, "
+            f"{arm.label} {_secs(arm.median_phase_s)}, ratio {_fmt_ratio(phase_ratios[arm.label])}; "
+            f"bad_replies {arm.requests('bad_replies')}, retried_requests {arm.requests('retried_requests')}")
+    say(f"  accuracy the same in every run: {accuracy_equal} ({fmt_pct(overall[0]['accuracy'])} "
+        f"{overall[0]['correct']}/{overall[0]['total']}); 'Error during inference' answers on disk: "
+        f"{error_answers} (must be 0); entries failed: {failed}")
     return {
+        "category": "simple_python",
+        "limit": limit,
         "latency_s": latency,
-        "clean_wall_s": outcomes["clean"].wall_s,
-        "errors_10pct_wall_s": outcomes["errors_10pct"].wall_s,
-        "slowdown": slowdown,
-        "bad_replies_20pct_wall_s": outcomes["bad_replies_20pct"].wall_s,
-        "bad_replies_slowdown": bad_slowdown,
-        "accuracy": {label: o.overall()["accuracy"] for label, o in outcomes.items()},
-        "requests": {label: o.summary.get("requests") for label, o in outcomes.items()},
-        "entries_failed": {label: o.summary.get("entries", {}).get("failed") for label, o in outcomes.items()},
+        "repeats": repeats,
+        "bfcl_ext_settings": settings,
+        "backoff": BACKOFF,
+        "arms": {arm.label: arm.as_json() for arm in arms},
+        "clean_median_s": clean.median_s,
+        "median_s": {arm.label: arm.median_s for arm in arms},
+        "ratio_to_clean": ratios,
+        "generation_and_evaluation_median_s": {arm.label: arm.median_phase_s for arm in arms},
+        "generation_and_evaluation_ratio_to_clean": phase_ratios,
+        "accuracy_equal": accuracy_equal,
+        "error_during_inference_answers": error_answers,
+        "entries_failed": failed,
+        "all_ok": all(o.ok for arm in arms for o in arm.runs),
     }
 
 
@@ -757,6 +903,8 @@ def print_table(figures: dict[str, Any]) -> None:
         for process in s1["upstream"]["processes"]:
             rows.append((f"5 max RSS upstream {process['name']} (scenario 1)",
                          f"{process['max_rss_mib']:.0f} MiB", "", ""))
+    if figures.get("scenario6"):
+        rows += _fault_rows(figures["scenario6"])
     width = max(len(r[0]) for r in rows) if rows else 10
     say("\n" + "=" * (width + 50))
     say(f"{'figure':<{width}}  {'value':>16}  {'target':>8}  verdict")
@@ -765,8 +913,38 @@ def print_table(figures: dict[str, Any]) -> None:
     say("=" * (width + 50))
 
 
+def _fault_rows(s6: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    limit = f"[:{s6['limit']}]" if s6["limit"] else ""
+    where = f"simple_python{limit} @ {s6['latency_s']:g} s"
+    rows = [(f"6 {where}, median of {s6['repeats']}: {label}", f"{median:.2f} s", "", "")
+            for label, median in s6["median_s"].items()]
+    rows += [(f"6 ratio {label} / clean", f"{ratio:.2f}", "", "") for label, ratio in s6["ratio_to_clean"].items()]
+    rows += [(f"6 generation + scoring (summary.json), median: {label}", _secs(median), "", "")
+             for label, median in s6["generation_and_evaluation_median_s"].items()]
+    rows += [(f"6 generation + scoring ratio {label} / clean", _fmt_ratio(ratio), "", "")
+             for label, ratio in s6["generation_and_evaluation_ratio_to_clean"].items()]
+    accuracies = " / ".join(fmt_pct(arm["overall"][0]["accuracy"]) for arm in s6["arms"].values())
+    rows.append(("6 accuracy " + " / ".join(s6["arms"]), accuracies, "equal",
+                 "equal" if s6["accuracy_equal"] else "DIFFER"))
+    for label, arm in list(s6["arms"].items())[1:]:
+        pairs = ", ".join(f"{(r or {}).get('bad_replies')}/{(r or {}).get('retried_requests')}"
+                          for r in arm["summary_requests"])
+        rows.append((f"6 {label}: bad_replies/retried_requests per run", pairs, "", ""))
+    rows.append(("6 'Error during inference' answers, all runs", str(s6["error_during_inference_answers"]), "0",
+                 "none" if s6["error_during_inference_answers"] == 0 else "FOUND"))
+    return rows
+
+
 def _delays(text: str) -> tuple[float, ...]:
     return tuple(float(part) for part in text.split(",") if part.strip())
+
+
+def _scenarios(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one or more of {','.join(SCENARIOS)}")
+    return names
 
 
 def _interrupt(_signum: int, _frame: Any) -> None:
@@ -785,6 +963,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="scenario 2 runs per tool (default 3; --quick 1)")
     parser.add_argument("--threads", type=int, default=8, help="scenario 2 threads for both tools")
     parser.add_argument("--help-runs", type=int, help="scenario 3 runs (default 10; --quick 5)")
+    parser.add_argument("--scenario", type=_scenarios, default=SCENARIOS, metavar="NAME,...",
+                        help=f"run only these scenarios (default all: {','.join(SCENARIOS)}; "
+                             "out-of-the-box also gives the memory figures)")
+    parser.add_argument("--faults-repeats", type=int, help="scenario 6 runs per stand-in (default 3; --quick 1)")
+    parser.add_argument("--faults-latency", type=float, default=0.05,
+                        help="stand-in seconds per completion in scenario 6")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one tool process may take")
     parser.add_argument("--workdir", type=Path, help="where outputs go (default: a new temp folder, kept)")
     return parser.parse_args(argv)
@@ -794,6 +978,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     help_runs = args.help_runs or (5 if args.quick else 10)
+    fault_repeats = args.faults_repeats or (1 if args.quick else 3)
+    fault_limit = 100 if args.quick else None
+    chosen = set(args.scenario)
     category = "simple_python" if args.quick else "non_live"
     for tool in ("bfcl-ext", "bfcl"):
         if not (BIN_DIR / tool).exists():
@@ -817,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"  model {MODEL}; tools from {BIN_DIR}; outputs under {workdir}")
 
     figures: dict[str, Any] = {"machine": facts, "quick": args.quick, "workdir": str(workdir), "targets": TARGETS,
-                               "model": MODEL}
+                               "model": MODEL, "scenarios": list(args.scenario)}
     status = 0
     errors: dict[str, str] = {}
 
@@ -839,13 +1026,20 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         warm_page_cache(workdir)
-        attempt("scenario3", scenario_help, workdir, help_runs)
-        s1 = attempt("scenario1", scenario_out_of_the_box, workdir, category, args.latency, args.timeout)
+        if "help" in chosen:
+            attempt("scenario3", scenario_help, workdir, help_runs)
+        s1 = None
+        if "out-of-the-box" in chosen:
+            s1 = attempt("scenario1", scenario_out_of_the_box, workdir, category, args.latency, args.timeout)
         startup = s1["bfcl_ext"]["processes"][0]["launch_to_first_request_s"] if s1 else None
-        attempt("scenario4", lambda: [scenario_load_delay(workdir, delay, args.timeout, startup)
-                                      for delay in args.load_delay])
-        attempt("scenario2", scenario_overhead, workdir, repeats, args.threads, args.timeout)
-        attempt("scenario6", scenario_faults, workdir, 0.05, args.timeout)
+        if "load-delay" in chosen:
+            attempt("scenario4", lambda: [scenario_load_delay(workdir, delay, args.timeout, startup)
+                                          for delay in args.load_delay])
+        if "overhead" in chosen:
+            attempt("scenario2", scenario_overhead, workdir, repeats, args.threads, args.timeout)
+        if "faults" in chosen:
+            attempt("scenario6", scenario_faults, workdir, args.faults_latency, fault_repeats, fault_limit,
+                    args.timeout)
     except KeyboardInterrupt:
         say("\nbench_runner: interrupted; stopping what it started")
         status = 130
