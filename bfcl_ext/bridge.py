@@ -25,6 +25,7 @@ from typing import Any
 
 from bfcl_ext.errors import ConfigError
 from bfcl_ext.provenance import sha256_file
+from bfcl_ext.request_settings import RequestSettings
 
 BFCL_EVAL_VERSION = "2026.3.23"
 CATEGORY_SETTING = "BFCL_EXT_TEST_CATEGORY/--test-category"
@@ -304,20 +305,28 @@ class _GuardedCreate:
     null message or text, no usage) is a server fault like a 5xx, never the model's answer. The
     OpenAI SDK retries no 200, so it is retried here, ``retries`` times with the SDK's backoff
     (``make_client`` sets the client's ``max_retries``), then raised as ``TransportError``.
+    Every request also gets the run's request settings (``request_settings``: max tokens, top_p,
+    seed, extra body; nothing when none is set).
     """
 
-    def __init__(self, create: Callable[..., Any], stats: RequestStats, retries: int = 0) -> None:
+    def __init__(
+        self, create: Callable[..., Any], stats: RequestStats, retries: int = 0,
+        request: RequestSettings | None = None, completions: bool = False,
+    ) -> None:
         import time
 
         self._create = create
         self._stats = stats
         self.retries = retries
+        self.request = request or RequestSettings()
+        self.completions = completions  # /v1/completions (prompt mode), else chat
         self.sleep: Callable[[float], None] = time.sleep
 
     def create(self, **kwargs: Any) -> Any:
         import openai
 
         kwargs.pop("timeout", None)  # upstream passes 72000 s; the client's timeout applies instead
+        kwargs = self.request.apply(kwargs, completions=self.completions)
         self._stats.count_call()
         problem = "no attempt"
         for attempt in range(self.retries + 1):
@@ -406,18 +415,21 @@ def _describe(error: Exception) -> str:
 class _GuardedClient:
     """Looks like ``openai.OpenAI`` to a handler; the two completion endpoints are guarded."""
 
-    def __init__(self, client: Any, stats: RequestStats) -> None:
+    def __init__(self, client: Any, stats: RequestStats, request: RequestSettings) -> None:
         from types import SimpleNamespace
 
         self._client = client
-        self.chat = SimpleNamespace(completions=_GuardedCreate(client.chat.completions.create, stats))
-        self.completions = _GuardedCreate(client.completions.create, stats)
+        self.chat = SimpleNamespace(completions=_GuardedCreate(client.chat.completions.create, stats, request=request))
+        self.completions = _GuardedCreate(client.completions.create, stats, request=request, completions=True)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
 
-def make_client(base_url: str, api_key: str | None, timeout: float, max_retries: int, stats: RequestStats) -> Any:
+def make_client(
+    base_url: str, api_key: str | None, timeout: float, max_retries: int, stats: RequestStats,
+    request: RequestSettings | None = None,
+) -> Any:
     import httpx
     import openai
 
@@ -436,7 +448,7 @@ def make_client(base_url: str, api_key: str | None, timeout: float, max_retries:
         max_retries=max_retries,
         http_client=http_client,
     )
-    guarded = _GuardedClient(client, stats)
+    guarded = _GuardedClient(client, stats, request or RequestSettings())
     for guard in (guarded.chat.completions, guarded.completions):
         guard.retries = max_retries  # the SDK retries connection errors and 5xx, we an unusable 200
     return guarded

@@ -21,6 +21,7 @@ from typing import Any
 
 from bfcl_ext import bundle as bundles
 from bfcl_ext.errors import BfclExtError, ConfigError
+from bfcl_ext.request_settings import IDENTITY_FIELDS
 
 SETTING = "compare"
 # vLLM flags that say where it listens or what it is called, not how it scores
@@ -156,6 +157,8 @@ def facts(manifest: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, 
     out["sampling.temperature_sent"] = _text(sampling.get("temperature_sent"))
     out["sampling.temperature_effective"] = _text(sampling.get("temperature_effective"))
     out["sampling.generation_config"] = _text(sampling.get("generation_config"))
+    for name in IDENTITY_FIELDS:  # max_tokens, top_p, seed, extra_body (None: not sent)
+        out[f"sampling.{name}"] = _text(sampling.get(name))
     categories = manifest.get("categories") or {}
     out["categories"] = ",".join(categories) if categories else _text(",".join(summary.get("categories") or {}) or None)
     for category, hashes in categories.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import json
 import math
 import os
 import re
@@ -22,6 +23,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 from bfcl_ext.endpoint import Endpoint
 from bfcl_ext.errors import ConfigError
+from bfcl_ext.request_settings import OWNED_KEYS, RequestSettings
 
 DEFAULT_ENV_FILE = Path(".env")
 DEFAULT_PORT = 8000
@@ -32,6 +34,8 @@ APPTAINER_VARIABLES = ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER")  # the SI
 DEFAULT_SEARCH_BASE_URL = "https://serpapi.com"
 SEARCH_KEY_VARIABLE = "SERPAPI_API_KEY"  # bfcl-eval's name for it
 SECRET_MARKERS = ("key", "token", "secret", "password", "passwd", "credential", "auth")
+SEED_RANGE = (-(2**63), 2**63 - 1)  # vLLM's (a 64-bit integer)
+THINKING_OFF_EXAMPLE = '{"chat_template_kwargs": {"enable_thinking": false}}'  # Qwen3's thinking switch
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,62 @@ def _optional_int(low: int) -> Callable[[str, str], int | None]:
         return None if raw in ("", "all", "none") else as_int(label, raw)
 
     return parse
+
+
+def _unset_or(parse: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
+    """An optional setting: empty text means not set (None)."""
+
+    def parse_or_none(label: str, raw: str) -> Any:
+        return None if not raw.strip() else parse(label, raw)
+
+    return parse_or_none
+
+
+def _top_p(label: str, raw: str) -> float:
+    value = _number(float, -math.inf)(label, raw)  # a finite number
+    if not 0 < value <= 1:
+        raise ConfigError(label, raw, "must be greater than 0 and at most 1")
+    return value
+
+
+def _extra_body(label: str, raw: str) -> dict[str, Any] | None:
+    """A JSON object merged into every request body; none of the keys bfcl-ext and BFCL own."""
+    try:
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite_float,
+                           object_pairs_hook=_no_duplicate_keys)
+    except _JsonProblem as problem:
+        raise ConfigError(label, raw, str(problem)) from None
+    except ValueError as error:
+        raise ConfigError(label, raw, f"not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(label, raw, f"expected a JSON object, e.g. {THINKING_OFF_EXAMPLE}")
+    owned = [key for key in value if key in OWNED_KEYS]
+    if owned:
+        raise ConfigError(label, raw, f"may not set {owned[0]!r}: {OWNED_KEYS[owned[0]]}")
+    return value or None
+
+
+class _JsonProblem(ValueError):
+    """A JSON text Python reads but a server would not (NaN, Infinity, 1e999) or reads ambiguously."""
+
+
+def _no_constant(text: str) -> Any:
+    raise _JsonProblem(f"{text} is not a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _JsonProblem(f"{text} is not a finite number")
+    return value
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    repeated = next((key for key in keys if keys.count(key) > 1), None)
+    if repeated is not None:
+        raise _JsonProblem(f"the key {repeated!r} is given twice")
+    return dict(pairs)
 
 
 def _secret(label: str, raw: str) -> str | None:
@@ -149,6 +209,15 @@ OPTIONS: tuple[Option, ...] = (
            "only the first N entries of each category (a partial, smoke run)"),
     Option("temperature", "BFCL_EXT_TEMPERATURE", "--temperature", 0.001, _number(float, 0, 2),
            "sampling temperature sent with each request (BFCL's default)"),
+    Option("max_tokens", "BFCL_EXT_MAX_TOKENS", "--max-tokens", None, _unset_or(_number(int, 1)),
+           "max_tokens sent with each request (default: none, as BFCL; prompt mode: at most what BFCL leaves)"),
+    Option("top_p", "BFCL_EXT_TOP_P", "--top-p", None, _unset_or(_top_p),
+           "top_p sent with each request, in (0, 1] (default: none, as BFCL)"),
+    Option("seed", "BFCL_EXT_SEED", "--seed", None, _unset_or(_number(int, *SEED_RANGE)),
+           "sampling seed sent with each request (default: none, as BFCL)"),
+    Option("extra_body", "BFCL_EXT_EXTRA_BODY", "--extra-body", None, _unset_or(_extra_body),
+           f"JSON object merged into each request body, e.g. '{THINKING_OFF_EXAMPLE}' "
+           "(not model, messages, tools, ...)"),
     Option("request_timeout", "BFCL_EXT_REQUEST_TIMEOUT", "--request-timeout", 600.0, _number(float, 1),
            "seconds one request may take before it counts as failed"),
     Option("max_retries", "BFCL_EXT_MAX_RETRIES", "--max-retries", 4, _number(int, 0, 50),
@@ -203,6 +272,10 @@ class Settings:
     vllm_bind: str
     limit: int | None
     temperature: float
+    max_tokens: int | None
+    top_p: float | None
+    seed: int | None
+    extra_body: Mapping[str, Any] | None
     request_timeout: float
     max_retries: int
     retry_rounds: int
@@ -223,6 +296,11 @@ class Settings:
     search_api_key: str | None = field(default=None, repr=False)
 
     @property
+    def request(self) -> RequestSettings:
+        """What every completion request carries beyond BFCL's own fields."""
+        return RequestSettings(self.max_tokens, self.top_p, self.seed, self.extra_body)
+
+    @property
     def model_name_served(self) -> str:
         """The ``model`` field of every request: what the server must list in /v1/models."""
         return self.served_model_name or self.model or ""
@@ -239,6 +317,8 @@ class Settings:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return dict(value)
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, tuple):
@@ -352,6 +432,10 @@ def _build(
         vllm_bind=raw["vllm_bind"] or _default_bind(endpoint.host),
         limit=raw["limit"],
         temperature=raw["temperature"],
+        max_tokens=raw["max_tokens"],
+        top_p=raw["top_p"],
+        seed=raw["seed"],
+        extra_body=raw["extra_body"],
         request_timeout=raw["request_timeout"],
         max_retries=raw["max_retries"],
         retry_rounds=raw["retry_rounds"],

@@ -118,7 +118,8 @@ def output_folder(settings: Settings) -> Iterator[None]:
 def _settings_identity(settings: Settings) -> dict[str, Any]:
     """What a run's answers depend on that is known before the server is asked."""
     return {"model": settings.model, "served_model_name": settings.model_name_served,
-            "model_revision": settings.model_revision, "temperature": settings.temperature}
+            "model_revision": settings.model_revision, "temperature": settings.temperature,
+            **settings.request.identity()}
 
 
 def _server_identity(settings: Settings, info: readiness.ServerInfo) -> dict[str, Any]:
@@ -215,7 +216,8 @@ def _run_locked(
         # the first request leaves as soon as the server is ready.
         stats = bridge.RequestStats()
         client = bridge.make_client(
-            server.endpoint.base_url, server.endpoint.api_key, settings.request_timeout, settings.max_retries, stats
+            server.endpoint.base_url, server.endpoint.api_key, settings.request_timeout, settings.max_retries, stats,
+            settings.request,
         )
         session = bridge.open_session(
             settings.model or "", settings.model_name_served, client, stats, settings.temperature,
@@ -488,6 +490,7 @@ def _manifest(context: RunContext) -> dict[str, Any]:
             "note": "vLLM raises temperatures below 0.01 to 0.01; without --generation-config vllm it also "
                     "applies the model's generation_config.json defaults (top_k, top_p, repetition_penalty)",
             "generation_config": _generation_config(launched_with),
+            **settings.request.record(),  # None: not sent, the server's default (prompt mode: BFCL's max_tokens)
         },
         "model": {
             "name": settings.model, "served_as": settings.model_name_served, "handler": context.session.mode,

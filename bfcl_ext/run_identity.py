@@ -5,6 +5,9 @@ scored, the name it was served under, the model root the server lists, its revis
 version and every sampling setting sent. A later run with a different identity is refused (exit 2,
 each field that differs named); ``--fresh`` moves the old answers aside first. The URL and port are
 not part of it: a resubmitted SLURM job lands on another node.
+
+The request settings (max tokens, top_p, seed, extra body) are recorded only when set, so a folder
+from before they existed, or from a run without them, keeps its identity; absent reads as unset.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from typing import Any
 
 from bfcl_ext import manifest
 from bfcl_ext.errors import ConfigError
+from bfcl_ext.request_settings import IDENTITY_FIELDS
+
+SET_ONLY_FIELDS = frozenset(IDENTITY_FIELDS)  # recorded only when set: absent means unset
 
 IDENTITY_NAME = Path(".bfcl-ext") / "identity.json"
 ANSWER_TREES = ("result", "score", "logs")
@@ -32,11 +38,13 @@ def identity(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Each field whose value differs, as ``name: recorded -> now`` (fields only one side knows are skipped)."""
+    """Each field whose value differs, as ``name: recorded -> now``. Fields only one side knows are
+    skipped (the server's are known only once it answers), except those recorded only when set."""
+    names = (set(recorded) & set(current)) | (SET_ONLY_FIELDS & (set(recorded) | set(current)))
     return [
-        f"{name}: {recorded[name]!r} -> {current[name]!r}"
-        for name in sorted(set(recorded) & set(current))
-        if recorded[name] != current[name]
+        f"{name}: {recorded.get(name)!r} -> {current.get(name)!r}"
+        for name in sorted(names)
+        if recorded.get(name) != current.get(name)
     ]
 
 
@@ -60,7 +68,13 @@ def check(folder: Path, current: Mapping[str, Any]) -> None:
     elif recorded is None and has_answers(folder):
         print(f"bfcl-ext: {folder}: answers without a recorded identity (an older bfcl-ext); resuming them as "
               "this run's", file=sys.stderr)
-    _write(path, {**(recorded or {}), **current} if recorded is not None else dict(current))
+    _write(path, _merged(recorded or {}, current))
+
+
+def _merged(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded identity updated with this run's; a set-only field this run leaves unset goes."""
+    return {name: value for name, value in {**recorded, **current}.items()
+            if name in current or name not in SET_ONLY_FIELDS}
 
 
 def move_aside(folder: Path) -> Path | None:

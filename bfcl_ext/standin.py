@@ -5,6 +5,8 @@ and JSON shapes, and answers BFCL's single-turn questions from BFCL's own ground
 (``mode="oracle"``), or wrongly on purpose (``mode="wrong"``, ``"wrong-category:<cat>"``).
 Faults can be injected: a port that opens late, latency, 500s, 429s, replies with status 200 a
 client cannot use (``BAD_REPLY_KINDS``), a concurrency cap and a crash after N requests.
+``GET /standin/stats`` counts what it did, and what it was sent: ``request_fields`` counts each
+distinct set of request fields other than the question (``CONTENT_FIELDS``), as sorted JSON.
 Standard library only.
 
     python -m bfcl_ext.standin --port 8000 --served-model-name my-model
@@ -50,6 +52,8 @@ CATEGORIES: tuple[str, ...] = (
     "live_irrelevance",
 )
 """The single-turn categories the oracle knows, in the order ties between entries are broken."""
+
+CONTENT_FIELDS = frozenset({"messages", "prompt", "tools"})  # the question: left out of ``request_fields``
 
 
 @dataclass(frozen=True)
@@ -696,6 +700,7 @@ class _State:
                         "bad_replies": 0}
         self._bad_reply_kinds: dict[str, int] = {}
         self._entries: dict[str, int] = {}
+        self._request_fields: dict[str, int] = {}
 
     def admit(self) -> tuple[int, str | None]:
         """Count one completion request; return its ordinal and its fault, if any."""
@@ -734,10 +739,16 @@ class _State:
             if entry_id is not None:
                 self._entries[entry_id] = self._entries.get(entry_id, 0) + 1
 
+    def record_fields(self, body: dict[str, Any]) -> None:
+        """Count a parsed request's fields other than the question (max_tokens, top_p, extra body, ...)."""
+        key = json.dumps({k: v for k, v in body.items() if k not in CONTENT_FIELDS}, sort_keys=True)
+        with self._lock:
+            self._request_fields[key] = self._request_fields.get(key, 0) + 1
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             snapshot = {**self._counts, "in_flight": self._in_flight, "entries": dict(self._entries),
-                        "bad_reply_kinds": dict(self._bad_reply_kinds)}
+                        "bad_reply_kinds": dict(self._bad_reply_kinds), "request_fields": dict(self._request_fields)}
         return {**snapshot, "search": self.search.snapshot()}
 
 
@@ -914,6 +925,7 @@ class _Handler(BaseHTTPRequestHandler):
         if problem is not None:
             state.count("rejected")
             return self._send_json(HTTPStatus(problem["error"]["code"]), problem)
+        state.record_fields(body)
         if fault == "429":
             state.count("rate_limited")
             message = "Too many requests (injected by the bfcl-ext stand-in). Retry later."
