@@ -280,14 +280,54 @@ absolute() {
 # The folders and files of one evaluation, all under the output folder.
 set_paths() {
     OUTPUT_DIR=$(absolute "${BFCL_EXT_OUTPUT_DIR:-bfcl-results}")
+    local problem
+    problem=$(path_problem "$OUTPUT_DIR") || fail 2 "$problem"
+    OUTPUT_DIR=$(realpath -m -- "$OUTPUT_DIR") # from here on no link on the way can be swapped
+    problem=$(path_problem "$OUTPUT_DIR") || fail 2 "$problem"
     SLURM_OUT=$OUTPUT_DIR/slurm
     ENDPOINT_FILE=$(absolute "${BFCL_EXT_ENDPOINT_FILE:-$SLURM_OUT/endpoint.env}")
     STATUS_FILE=${ENDPOINT_FILE%.env}
     STATUS_FILE=${STATUS_FILE%/*}/server-status.env
     (umask 027 && mkdir -p "$SLURM_OUT" "${ENDPOINT_FILE%/*}") || fail 2 "cannot create $SLURM_OUT"
-    local dir problem
+    local dir
     for dir in "$OUTPUT_DIR" "$SLURM_OUT" "${ENDPOINT_FILE%/*}"; do
         problem=$(private_dir_problem "$dir") || fail 2 "$problem"
+    done
+}
+
+# path_problem PATH: status 0 when no other user can redirect or replace PATH: every symbolic link
+# on the way was made by this user or root, and every existing folder above PATH belongs to this
+# user or root and, if everyone may write to it, has the sticky bit (as /tmp does). A folder above
+# it that its group may write to is trusted (a project folder). Otherwise 1 and one line on stdout.
+path_problem() {
+    local path=$1 prefix='' owner mode i
+    local -a parts
+    IFS=/ read -r -a parts <<<"${path#/}"
+    for ((i = 0; i < ${#parts[@]}; i++)); do
+        [ -n "${parts[i]}" ] || continue
+        prefix=$prefix/${parts[i]}
+        if [ -L "$prefix" ]; then
+            owner=$(stat -c %u -- "$prefix")
+            if [ "$owner" != "$(id -u)" ] && [ "$owner" != 0 ]; then
+                printf '%s is a symbolic link made by %s (uid %s), not by you: another user could point it elsewhere; use a path of your own\n' \
+                    "$prefix" "$(stat -c %U -- "$prefix")" "$owner"
+                return 1
+            fi
+        fi
+        [ -e "$prefix" ] || break
+        [ "$i" -lt $((${#parts[@]} - 1)) ] || break # PATH itself: private_dir_problem's rules
+        owner=$(stat -L -c %u -- "$prefix")
+        mode=$(stat -L -c %a -- "$prefix")
+        if [ "$owner" != "$(id -u)" ] && [ "$owner" != 0 ]; then
+            printf '%s, above %s, belongs to %s (uid %s): they could move or replace what is in it; use a folder under one of your own\n' \
+                "$prefix" "$path" "$(stat -L -c %U -- "$prefix")" "$owner"
+            return 1
+        fi
+        if (((8#$mode & 8#1002) == 8#0002)); then
+            printf '%s, above %s, is writable by everyone without the sticky bit (mode %s): use a folder under one of your own\n' \
+                "$prefix" "$path" "$mode"
+            return 1
+        fi
     done
 }
 
@@ -296,10 +336,6 @@ set_paths() {
 # one line on stdout naming DIR and what is wrong.
 private_dir_problem() {
     local dir=$1 owner mode
-    if [ -L "$dir" ] && [ ! -O "$dir" ]; then
-        printf '%s is a symbolic link made by uid %s, not by you: refusing to use it\n' "$dir" "$(stat -c %u -- "$dir")"
-        return 1
-    fi
     if [ ! -d "$dir" ]; then
         printf '%s is not a folder\n' "$dir"
         return 1
@@ -354,10 +390,41 @@ read_server_key() {
 # server_job_state JOB_ID: job_state, except for a server started by hand (job id local-PID): RUNNING
 # while that process lives on this node, else ENDED.
 server_job_state() {
+    local pid
     case $1 in
-        local-*) if kill -0 "${1#local-}" 2>/dev/null; then echo RUNNING; else echo ENDED; fi ;;
+        local-*)
+            pid=${1#local-}
+            if [[ $pid =~ ^[1-9][0-9]*$ ]] && [ -O "/proc/$pid" ] \
+                && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'server\.sbatch'; then
+                echo RUNNING
+            else
+                echo ENDED
+            fi
+            ;;
         *) job_state "$1" ;;
     esac
+}
+
+# port_listeners PORT: the uids of the sockets listening on PORT on this node (Linux's
+# /proc/net/tcp and tcp6), one per line; nothing when none listens or /proc cannot say.
+port_listeners() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    cat /proc/net/tcp /proc/net/tcp6 2>/dev/null \
+        | awk -v port="$hex" '$4 == "0A" { n = split($2, a, ":"); if (toupper(a[n]) == port) print $8 }' | sort -u
+}
+
+# foreign_listener PORT: status 0, with the uid on stdout, when a socket of another user listens
+# on PORT on this node (it took the port between the check and the server's bind).
+foreign_listener() {
+    local uid
+    for uid in $(port_listeners "$1"); do
+        if [ "$uid" != "$(id -u)" ]; then
+            printf '%s\n' "$uid"
+            return 0
+        fi
+    done
+    return 1
 }
 
 # claim_folder LOCK JOB_ID: one server job per output folder. LOCK is created holding JOB_ID with
@@ -381,9 +448,9 @@ claim_folder() {
             rm -f "$tmp"
             return 0
         fi
-        state=UNKNOWN
+        state=NOT_A_JOB # a lock that names no job (garbage, or not ours) is stale
         [[ $holder =~ ^(local-)?[0-9]+$ ]] && state=$(server_job_state "$holder")
-        if [ -n "$holder" ] && job_is_live "$state"; then
+        if [ "$state" != NOT_A_JOB ] && job_is_live "$state"; then
             CLAIM_HOLDER="$holder ($state)"
             rm -f "$tmp"
             return 1
@@ -411,9 +478,9 @@ release_folder() {
 
 # Checks shared by submit.sh and the job scripts: plain values only (never bash arithmetic on a
 # setting, which would run $(...) in it).
-# is_whole_number VALUE MAX: VALUE is digits only and at most MAX.
-is_whole_number() {
-    [[ $1 =~ ^[0-9]{1,9}$ ]] && [ "$((10#$1))" -le "$2" ]
+# is_whole_number VALUE MAX: VALUE is a plain decimal number, at most MAX.
+is_whole_number() { # no leading zero: bash arithmetic would read 08 as octal
+    [[ $1 =~ ^(0|[1-9][0-9]{0,8})$ ]] && [ "$1" -le "$2" ]
 }
 
 # is_slurm_time VALUE: a time limit sbatch --time accepts: minutes, minutes:seconds,

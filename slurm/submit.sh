@@ -126,6 +126,9 @@ if [ -z "$output" ]; then
     output=${SITE_RESULTS_ROOT:-$PWD/bfcl-results}/$(printf '%s' "$model" | tr -c 'A-Za-z0-9._-' '_')
 fi
 case $output in /*) ;; *) output=$PWD/$output ;; esac
+problem=$(path_problem "$output") || die "$problem"
+output=$(realpath -m -- "$output") # the jobs get the path without links, which nobody can swap
+problem=$(path_problem "$output") || die "$problem"
 case $output in
     *%*) die "--output '$output' holds a %, which SLURM would expand in the job log paths (%j, %x, ...): use another folder" ;;
 esac
@@ -139,7 +142,7 @@ for dir in "$output" "$output/slurm"; do
     fi
 done
 # One evaluation per folder: a server job that holds it (and has not ended) is not joined by another.
-if [ "$dry_run" = 0 ] && [ -f "$output/slurm/server.lock" ]; then
+if [ "$dry_run" = 0 ] && [ -f "$output/slurm/server.lock" ] && [ -O "$output/slurm/server.lock" ]; then
     holder=$(head -n 1 -- "$output/slurm/server.lock" 2>/dev/null || true)
     if [[ $holder =~ ^[0-9]+$ ]] && job_is_live "$(job_state "$holder")"; then
         die "$output is in use by server job $holder ($(job_state "$holder")): one evaluation per output folder (scancel $holder, or use another --output)"

@@ -29,9 +29,11 @@ from tests.support.slurm_cluster import (
     FirstRequestWatch,
     SlurmCluster,
     assert_server_gone,
+    free_port,
     job_logs,
     read_kv,
     standin_command,
+    standin_pids,
     start_cluster,
     stop_cluster,
     summary,
@@ -765,11 +767,13 @@ def test_the_runner_stops_at_once_when_its_server_job_ends(cluster: SlurmCluster
     (["--gpus", "99999999999999999999"], {}, "--gpus (SITE_GPUS) must be a whole number from 0 to 1024"),
     (["--gpus", "-1"], {}, "--gpus (SITE_GPUS) must be a whole number"),
     (["--signal-lead", "1e3"], {}, "--signal-lead (SITE_SIGNAL_LEAD) must be whole seconds"),
+    (["--signal-lead", "08"], {}, "--signal-lead (SITE_SIGNAL_LEAD) must be whole seconds"),  # octal to bash
+    (["--mode", "single"], {"SITE_SERVER_CPUS": "08"}, "SITE_SERVER_CPUS must be empty or a whole number of CPUs"),
     (["--mode", "single"], {"SITE_SERVER_CPUS": "BASH_VERSINFO[$(touch {marker})0]"},
      "SITE_SERVER_CPUS must be empty or a whole number of CPUs"),
     ([], {"SITE_RUNNER_MEM": "lots"}, "SITE_RUNNER_MEM must be empty or a sbatch --mem value"),
 ], ids=["model-space", "model-command", "output-percent", "output-space", "time", "runner-time", "gpus-huge",
-        "gpus-negative", "signal-lead", "cpus-arithmetic", "memory"])
+        "gpus-negative", "signal-lead", "signal-lead-octal", "cpus-octal", "cpus-arithmetic", "memory"])
 def test_submit_refuses_what_the_jobs_would_refuse(cluster: SlurmCluster, tmp_path: Path, args: list[str],
                                                    env: dict[str, str], message: str) -> None:
     marker = tmp_path / "marker"
@@ -842,3 +846,149 @@ def test_the_runner_stops_before_its_server_job_reaches_its_time_limit(cluster: 
     assert "results so far are kept" in logs
     facts = summary(output)
     assert facts["status"] == "interrupted" and 0 < facts["entries"]["answered"] < 400, facts
+
+
+def test_a_path_another_user_can_redirect_is_refused(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """A symbolic link another user made, or a folder of theirs above the output folder: they could
+    point it elsewhere, or swap it, mid-run. Refused (exit 2) before anything is submitted; a link
+    of the user's own is followed once, and the jobs get the resolved path."""
+    uid, gid = _attacker()
+    shared, mine = tmp_path / "shared", tmp_path / "mine"
+    shared.mkdir()
+    mine.mkdir()
+    os.chown(shared, uid, gid)
+    link = tmp_path / "link"
+    link.symlink_to(mine)
+    os.chown(link, uid, gid, follow_symlinks=False)
+    before = _queued(cluster)
+    for output, message in ((shared / "out", f"{shared}, above {shared / 'out'}, belongs to {ATTACKER}"),
+                            (link / "out", f"{link} is a symbolic link made by {ATTACKER} (uid {uid})")):
+        done = cluster.run([str(SLURM_DIR / "submit.sh"), "--site", str(cluster.site_file), "--model", "m",
+                            "--categories", "simple_python", "--output", str(output)])
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.splitlines()
+        assert message in line, line
+    assert _queued(cluster) == before
+    assert not (mine / "out").exists()
+
+    own = tmp_path / "own-link"
+    own.symlink_to(mine)
+    done = cluster.run([str(SLURM_DIR / "submit.sh"), "--site", str(cluster.site_file), "--model", "m",
+                        "--categories", "simple_python", "--output", str(own / "out"), "--dry-run"])
+    assert done.returncode == 0, done.stderr
+    assert f"results:        {mine / 'out'} " in done.stdout
+
+
+ATTACKER_SERVER = r"""
+import http.server, json, sys
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        print("GOT", self.path, self.headers.get("Authorization"), flush=True)
+        body = json.dumps({"data": [{"id": "m"}]} if "models" in self.path else {}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("0.0.0.0", int(sys.argv[1])), Handler)
+print("LISTENING", flush=True)
+server.serve_forever()
+"""
+
+
+def test_another_user_who_takes_the_port_gets_neither_key_nor_endpoint(cluster: SlurmCluster,
+                                                                     tmp_path: Path) -> None:
+    """Between the port check and the server's bind (vLLM loads for minutes first), another user
+    binds the port and answers like vLLM. The server job sees a listener of another uid: it sends
+    no key there, publishes nothing and fails (exit 3)."""
+    _attacker()
+    port = free_port()
+    output = tmp_path / "out"
+    env = cluster.job_env({"SERVER_PORT": str(port),
+                           "BFCL_EXT_SERVER_COMMAND": f"bash -c 'sleep 8; exec {standin_command()}'"})
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), env=env)
+    server_out = output / "slurm" / f"bfcl-server-{ids['server']}.out"
+    deadline = time.monotonic() + 60
+    while f"on 0.0.0.0:{port}" not in (server_out.read_text() if server_out.exists() else ""):
+        assert time.monotonic() < deadline, job_logs(output)
+        time.sleep(0.2)
+    as_attacker = ["runuser", "-u", ATTACKER, "--", "/usr/bin/python3"]  # /work is not theirs to read
+    attacker = subprocess.Popen([*as_attacker, "-c", ATTACKER_SERVER, str(port)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert attacker.stdout is not None and "LISTENING" in attacker.stdout.readline()
+        server = cluster.wait(ids["server"], timeout=60)
+        assert server.exit_code == 3, job_logs(output)
+        assert f"port {port} on" in job_logs(output) and "was taken by another user" in job_logs(output)
+        assert cluster.wait(ids["runner"]).exit_code == 3
+        assert not (output / "slurm" / "endpoint.env").exists()
+    finally:
+        attacker.terminate()
+        seen = attacker.communicate(timeout=10)[0]
+    assert "Bearer" not in seen, f"the key reached the other user's server: {seen}"
+
+
+def test_a_server_outlives_no_killed_job_script(cluster: SlurmCluster, tmp_path: Path) -> None:
+    """kill -9 of the server job's batch script (no clean-up runs): the server, in a session of its
+    own, still gets SIGTERM (parent-death signal) instead of serving on with the key."""
+    output = tmp_path / "out"
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "400",
+                         env=cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "0.5")}))
+    _wait_answers(output, 1)
+    port = read_kv(output / "slurm" / "endpoint.env")["SERVER_PORT"]
+    assert standin_pids(port)
+    pids = cluster.run(["scontrol", "listpids", ids["server"]]).stdout.split()
+    scripts = [int(pid) for pid in pids if pid.isdigit() and _cmdline_has(Path(f"/proc/{pid}"), "slurm_script")]
+    assert scripts, pids
+    for pid in scripts:
+        os.kill(pid, 9)
+    deadline = time.monotonic() + 20
+    while standin_pids(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not standin_pids(port), "the server kept serving after its job script was killed"
+    cluster.wait(ids["runner"], timeout=120)
+
+
+def test_a_hand_run_server_id_is_trusted_only_for_a_live_server_script(tmp_path: Path) -> None:
+    """An endpoint file naming local-PID (a server.sbatch started by hand) counts only while that PID
+    is this user's server.sbatch: any other process with that PID does not make it live."""
+    output = tmp_path / "out"
+    (output / "slurm").mkdir(parents=True)
+    other = subprocess.Popen(["sleep", "60"])
+    attacker = Listener()
+    try:
+        _plant_endpoint(output / "slurm", f"local-{other.pid}", attacker.port)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("BFCL_EXT_", "SITE_", "SERVE_", "VLLM_", "SLURM_"))}
+        env.update({"BFCL_EXT_OUTPUT_DIR": str(output), "BFCL_EXT_MODEL": "m", "BFCL_EXT_ENDPOINT_TIMEOUT": "3",
+                    "BFCL_EXT_RUNNER_COMMAND": str(BFCL_EXT_BIN), "BFCL_EXT_SLURM_DIR": str(SLURM_DIR)})
+        done = subprocess.run(["bash", str(SLURM_DIR / "runner.sbatch")], capture_output=True, text=True, env=env,
+                              timeout=60, check=False)
+        assert done.returncode == 3, done.stderr
+        assert f"names server job local-{other.pid}, which is ENDED: ignored" in done.stderr
+        assert attacker.received == []
+    finally:
+        other.kill()
+        attacker.close()
+
+
+def test_a_lock_that_names_no_job_is_taken_over_and_ports_are_checked(tmp_path: Path) -> None:
+    slurm_out = tmp_path / "out" / "slurm"
+    slurm_out.mkdir(parents=True)
+    lock = slurm_out / "server.lock"
+    lock.write_text(f"garbage$(touch {tmp_path}/ran)\n")
+    claim = subprocess.run(["bash", "-c", f'source "{SLURM_DIR}/lib.sh"; claim_folder "{lock}" 4242'],
+                           capture_output=True, text=True, check=False)
+    assert claim.returncode == 0, claim.stderr
+    assert lock.read_text() == "4242\n" and not (tmp_path / "ran").exists()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BFCL_EXT_", "SITE_", "SERVE_", "VLLM_", "SLURM_"))}
+    env.update({"BFCL_EXT_OUTPUT_DIR": str(tmp_path / "port"), "BFCL_EXT_MODEL": "m",
+                "BFCL_EXT_SLURM_DIR": str(SLURM_DIR), "BFCL_EXT_SERVER_COMMAND": "true"})
+    for port in (f"$(touch {tmp_path}/ran)1", "2_0777", "08", "70000"):
+        done = subprocess.run(["bash", str(SLURM_DIR / "server.sbatch")], capture_output=True, text=True,
+                              env={**env, "SERVER_PORT": port}, timeout=60, check=False)
+        assert done.returncode == 2, done.stderr
+        assert f"SERVER_PORT must be a port number from 1 to 65535, not '{port}'" in done.stderr
+    assert not (tmp_path / "ran").exists()
