@@ -293,6 +293,17 @@ def _wait_answers(output: Path, at_least: int, timeout: float = 90) -> int:
     raise AssertionError(f"fewer than {at_least} answers after {timeout}s:\n{job_logs(output)}")
 
 
+def _submit_and_wait_for_a_first_answer(cluster: SlurmCluster, output: Path, limit: int) -> dict[str, str]:
+    """A two-job evaluation slow enough (0.2 s per answer, one thread) to look at while it runs."""
+    slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "0.2"),
+                            "BFCL_EXT_NUM_THREADS": "1"})
+    assert "VLLM_API_KEY" not in slow  # the server makes its own one-time key
+    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit",
+                         str(limit), env=slow)
+    _wait_answers(output, 1)
+    return ids
+
+
 def test_server_cancelled_mid_run_then_resubmitted(cluster: SlurmCluster, tmp_path: Path) -> None:
     output = tmp_path / "out"
     slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "0.5"),
@@ -461,11 +472,7 @@ def _ports(cluster: SlurmCluster) -> dict[str, str]:
 
 def test_endpoint_and_status_files_are_sourceable(cluster: SlurmCluster, tmp_path: Path) -> None:
     output = tmp_path / "out"
-    slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "0.2"),
-                            "BFCL_EXT_NUM_THREADS": "1"})
-    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "20",
-                         env=slow)
-    _wait_answers(output, 1)
+    ids = _submit_and_wait_for_a_first_answer(cluster, output, limit=20)
     endpoint = output / "slurm" / "endpoint.env"
     shown = subprocess.run(["sh", "-c", f'. "{endpoint}"; echo "$SERVER_JOB_ID $VLLM_BASE_URL"'],
                            capture_output=True, text=True, check=True).stdout.split()
@@ -553,12 +560,7 @@ def test_server_is_closed_by_default_and_the_key_stays_secret(cluster: SlurmClus
     """No VLLM_API_KEY given: the server job makes a one-time key (a 0600 file, never in the endpoint
     file, argv, a log or the manifest); a request without it gets 401; the runner uses it."""
     output = tmp_path / "out"
-    slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "0.2"),
-                            "BFCL_EXT_NUM_THREADS": "1"})
-    assert "VLLM_API_KEY" not in slow
-    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "20",
-                         env=slow)
-    _wait_answers(output, 1)
+    ids = _submit_and_wait_for_a_first_answer(cluster, output, limit=20)
     key_file = output / "slurm" / f"server-{ids['server']}.key"
     assert key_file.stat().st_mode & 0o777 == 0o600 and key_file.stat().st_uid == os.getuid()
     key = key_file.read_text().strip()
@@ -684,11 +686,7 @@ def test_one_server_job_per_output_folder(cluster: SlurmCluster, tmp_path: Path)
     hand exits 2 without touching the first one's endpoint or status; a lock left by an ended job
     (a server killed without clean-up) is taken over."""
     output = tmp_path / "out"
-    slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "0.2"),
-                            "BFCL_EXT_NUM_THREADS": "1"})
-    ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output), "--limit", "30",
-                         env=slow)
-    _wait_answers(output, 1)
+    ids = _submit_and_wait_for_a_first_answer(cluster, output, limit=30)
     lock = output / "slurm" / "server.lock"
     assert lock.read_text().strip() == ids["server"]
     endpoint_before = (output / "slurm" / "endpoint.env").read_text()
