@@ -36,11 +36,13 @@ def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str] | None =
         env = f" [env {option.env}]" if option.env else ""
         if isinstance(option.default, bool):
             parser.add_argument(
-                option.flag, dest=option.name, action=argparse.BooleanOptionalAction, default=None,
+                option.flag, *option.flag_aliases, dest=option.name, action=argparse.BooleanOptionalAction,
+                default=None,
                 help=option.help + env,
             )
         else:
-            parser.add_argument(option.flag, dest=option.name, default=None, metavar="VALUE", help=option.help + env)
+            parser.add_argument(option.flag, *option.flag_aliases, dest=option.name, default=None, metavar="VALUE",
+                                help=option.help + env)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,8 @@ line that names the setting and the value, before any network call is made.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import io
 import ipaddress
 import json
@@ -33,6 +35,8 @@ CONTAINER_VARIABLE = "BFCL_EXT_CONTAINER"  # set by the runner images: skip mode
 APPTAINER_VARIABLES = ("APPTAINER_CONTAINER", "SINGULARITY_CONTAINER")  # the SIF we run in, set by Apptainer
 DEFAULT_SEARCH_BASE_URL = "https://serpapi.com"
 SEARCH_KEY_VARIABLE = "SERPAPI_API_KEY"  # bfcl-eval's name for it
+WANDB_VARIABLE = "WANDB_BFCL_PROJECT"  # bfcl-eval uploads the scores to W&B when it is set
+WANDB_PLACEHOLDER = "ENTITY:PROJECT"  # the value of bfcl-eval's .env.example: no upload
 SECRET_MARKERS = ("key", "token", "secret", "password", "passwd", "credential", "auth")
 SEED_RANGE = (-(2**63), 2**63 - 1)  # vLLM's (a 64-bit integer)
 THINKING_OFF_EXAMPLE = '{"chat_template_kwargs": {"enable_thinking": false}}'  # Qwen3's thinking switch
@@ -48,6 +52,8 @@ class Option:
     default: Any
     parse: Callable[[str, str], Any]  # (setting label, raw text) -> value
     help: str
+    aliases: tuple[str, ...] = ()  # upstream bfcl-eval's names for it, read only where ``env`` is set nowhere
+    flag_aliases: tuple[str, ...] = ()  # upstream's flags for it
 
 
 def _text(_label: str, raw: str) -> str:
@@ -183,14 +189,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("test_categories", "BFCL_EXT_TEST_CATEGORY", "--test-category", None, _categories,
            "comma-separated BFCL categories or collections (simple_python, non_live, ...)"),
     Option("vllm_endpoint", "VLLM_ENDPOINT", "--vllm-endpoint", "localhost", _text,
-           "server host name or address, or a full URL"),
-    Option("vllm_port", "VLLM_PORT", "--vllm-port", DEFAULT_PORT, _number(int, 1, 65535), "server port"),
+           "server host name or address, or a full URL (upstream's LOCAL_SERVER_ENDPOINT is read when unset)",
+           aliases=("LOCAL_SERVER_ENDPOINT",)),
+    Option("vllm_port", "VLLM_PORT", "--vllm-port", DEFAULT_PORT, _number(int, 1, 65535),
+           "server port (upstream's LOCAL_SERVER_PORT is read when unset)", aliases=("LOCAL_SERVER_PORT",)),
     Option("base_url", "VLLM_BASE_URL", "--base-url", None, _optional_text,
            "full OpenAI base URL (https, path prefix); overrides endpoint and port"),
     Option("api_key", "VLLM_API_KEY", "--api-key", None, _optional_text,
            "bearer key the server requires (prefer the environment or .env: flags show in `ps`)"),
     Option("skip_vllm", "BFCL_EXT_SKIP_VLLM", "--skip-vllm", False, _boolean,
-           "do not launch vLLM: use the server already running at the endpoint"),
+           "do not launch vLLM: use the server already running at the endpoint (upstream: --skip-server-setup)",
+           flag_aliases=("--skip-server-setup",)),
     Option("output_dir", "BFCL_EXT_OUTPUT_DIR", "--output-dir", Path("bfcl-results"),
            _path, "folder for results, scores, summary.json, manifest.json, logs"),
     Option("wait_timeout", "BFCL_EXT_WAIT_TIMEOUT", "--wait-timeout", DEFAULT_WAIT_TIMEOUT,
@@ -293,6 +302,7 @@ class Settings:
     slurm_job_id: str | None = None  # SLURM's, not a user setting: seeds the managed server's port
     apptainer_image: str | None = None  # Apptainer's, not a user setting: the SIF this process runs in
     sources: Mapping[str, str] = field(default_factory=dict)  # setting -> flag / env / .env / default
+    wandb_project: str | None = None  # upstream's W&B upload (WANDB_BFCL_PROJECT), done by bfcl-eval itself
     search_api_key: str | None = field(default=None, repr=False)
 
     @property
@@ -357,7 +367,11 @@ def resolve(
         value, source = _pick(option, flags, environ, dotenv_values, defaults)
         raw[option.name] = value
         sources[option.name] = source
-    return _build(raw, sources, env_path, environ.get("SLURM_JOB_ID"), apptainer_image)
+    settings = _build(raw, sources, env_path, environ.get("SLURM_JOB_ID"), apptainer_image)
+    wandb_project = environ.get(WANDB_VARIABLE, "")
+    if wandb_project and wandb_project != WANDB_PLACEHOLDER:  # bfcl-eval reads the process environment
+        settings = dataclasses.replace(settings, wandb_project=wandb_project)
+    return settings
 
 
 def _read_env_file(env_file: Path | None) -> tuple[dict[str, str], Path | None]:
@@ -406,6 +420,11 @@ def _pick(
         return option.parse(option.env, environ[option.env]), "environment"
     if option.env and option.env in dotenv_values:
         return option.parse(option.env, dotenv_values[option.env]), ".env"
+    for alias in option.aliases:
+        if alias in environ:
+            return option.parse(alias, environ[alias]), f"environment ({alias})"
+        if alias in dotenv_values:
+            return option.parse(alias, dotenv_values[alias]), f".env ({alias})"
     if option.name in defaults:
         return defaults[option.name], "default"
     return option.default, "default"
@@ -596,11 +615,20 @@ def _checked_url(label: str, url: str, port: int | None) -> str:
 
 def _label(name: str, sources: Mapping[str, str]) -> str:
     option = OPTION_BY_NAME[name]
-    return option.flag if sources.get(name) == "flag" and option.flag else (option.env or option.flag or name)
+    source = sources.get(name, "")
+    alias = next((alias for alias in option.aliases if source.endswith(f"({alias})")), None)
+    if alias:
+        return alias
+    return option.flag if source == "flag" and option.flag else (option.env or option.flag or name)
 
 
 def require_run_settings(settings: Settings) -> None:
     """Settings a run cannot go without (checked before any network call)."""
+    if settings.wandb_project and importlib.util.find_spec("wandb") is None:
+        # bfcl-eval imports wandb after scoring: the run would fail with its answers scored but unrecorded
+        raise ConfigError(WANDB_VARIABLE, settings.wandb_project,
+                          "upstream's W&B upload needs the wandb package, which is not installed: "
+                          "pip install wandb, or unset it")
     if not settings.model:
         raise ConfigError("BFCL_EXT_MODEL/--model", "", "required: the model to score")
     if not settings.test_categories:

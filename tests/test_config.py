@@ -452,3 +452,42 @@ def test_a_recovery_timeout_names_the_recovery_timeout_setting():
         with pytest.raises(readiness.ReadinessTimeout) as caught:
             readiness.wait_until_ready(endpoint, "m", 0.0, progress=lambda _line: None, **kwargs)
         assert f"allow longer with {named}" in str(caught.value) and other not in str(caught.value)
+
+
+def test_upstreams_local_server_variables_are_read_where_ours_are_unset(tmp_path):
+    """bfcl-eval's LOCAL_SERVER_ENDPOINT / LOCAL_SERVER_PORT: accepted where VLLM_ENDPOINT / VLLM_PORT
+    are unset (environment or .env), ours win where both are set, and the sources say which was used."""
+    s = settings(environ={"LOCAL_SERVER_ENDPOINT": "gpu-node-3", "LOCAL_SERVER_PORT": "8123"})
+    assert s.endpoint.base_url == "http://gpu-node-3:8123/v1"
+    assert s.sources["vllm_endpoint"] == "environment (LOCAL_SERVER_ENDPOINT)"
+    assert s.redacted()["sources"]["vllm_port"] == "environment (LOCAL_SERVER_PORT)"  # what the manifest holds
+    both = settings(environ={"LOCAL_SERVER_ENDPOINT": "a", "LOCAL_SERVER_PORT": "1", "VLLM_ENDPOINT": "b",
+                             "VLLM_PORT": "2"})
+    assert both.endpoint.base_url == "http://b:2/v1" and both.sources["vllm_port"] == "environment"
+    env_file = tmp_path / "up.env"
+    env_file.write_text("LOCAL_SERVER_PORT=9001\n")
+    from_file = settings(env_file=env_file)
+    assert from_file.endpoint.base_url == "http://localhost:9001/v1"
+    assert from_file.sources["vllm_port"] == ".env (LOCAL_SERVER_PORT)"
+    with pytest.raises(ConfigError) as bad:
+        settings(environ={"LOCAL_SERVER_PORT": "abc"})
+    assert "LOCAL_SERVER_PORT='abc'" in str(bad.value)
+
+
+def test_upstreams_skip_server_setup_flag_is_skip_vllm():
+    parsed = cli.build_parser().parse_args(["run", "--skip-server-setup", "--model", "m"])
+    assert parsed.skip_vllm is True
+    assert cli.build_parser().parse_args(["run", "--model", "m"]).skip_vllm is None
+
+
+def test_a_wandb_upload_without_wandb_is_refused_before_the_run(capsys, tmp_path):
+    """bfcl-eval imports wandb after scoring when WANDB_BFCL_PROJECT is set: without the package the run
+    would end with exit 1 and no records. Refused at start instead (exit 2); its placeholder is ignored."""
+    argv = ["run", "--skip-vllm", "--model", "m", "--test-category", "simple_python", "--vllm-port", "9",
+            "--output-dir", str(tmp_path / "out"), "--wait-timeout", "0"]
+    assert cli.main(argv, {"WANDB_BFCL_PROJECT": "me:bfcl"}) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == ("bfcl-ext: error: WANDB_BFCL_PROJECT='me:bfcl': upstream's W&B upload needs the wandb package, "
+                    "which is not installed: pip install wandb, or unset it")
+    assert not (tmp_path / "out").exists()
+    assert settings(environ={"WANDB_BFCL_PROJECT": "ENTITY:PROJECT"}).wandb_project is None
