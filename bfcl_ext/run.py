@@ -140,13 +140,26 @@ def _check_output_dir(path: Path) -> None:
         raise ConfigError(OUTPUT_SETTING, str(path), f"only {free // 2**20} MiB free; need {need} MiB")
 
 
+def _managed_port(settings: Settings) -> int:
+    """The port the managed vLLM gets; a bind address that is not this machine's is a setting error."""
+    try:
+        return choose_port(settings.vllm_bind, settings.endpoint.port, settings.slurm_job_id)
+    except OSError as error:  # socket.gaierror (no such host), EADDRNOTAVAIL (another machine's address)
+        reason = error.strerror or error.__class__.__name__
+        raise ConfigError(
+            "BFCL_EXT_VLLM_BIND/--vllm-bind", settings.vllm_bind,
+            f"the managed vLLM cannot listen there ({reason}); it defaults to the VLLM_ENDPOINT host: "
+            "point VLLM_ENDPOINT at this machine (localhost), set --vllm-bind, or use --skip-vllm",
+        ) from None
+
+
 @contextlib.contextmanager
 def serving(settings: Settings, environ: Mapping[str, str]) -> Iterator[Server]:
     """Skip mode: the configured server, untouched. Managed: a vLLM we start now and stop on the way out."""
     if settings.skip_vllm:
         yield Server(settings.endpoint, None)
         return
-    port = choose_port(settings.vllm_bind, settings.endpoint.port, settings.slurm_job_id)
+    port = _managed_port(settings)
     if port != settings.endpoint.port:
         print(f"bfcl-ext: port {settings.endpoint.port} is taken; vLLM will listen on {port}", file=sys.stderr)
     argv = server_command(

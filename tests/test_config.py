@@ -219,7 +219,7 @@ def test_env_example_documents_every_setting_and_parses(tmp_path):
         assert f"`{option.env}" in readme, f"{option.env} missing from README"
         assert option.flag is None or f"`{option.flag}`" in readme, f"{option.flag} missing from README"
     s = settings(env_file=example)
-    assert s.model == "Qwen/Qwen3-8B" and s.endpoint.base_url == "http://vllm:8000/v1"
+    assert s.model == "Qwen/Qwen3-8B" and s.endpoint.base_url == "http://localhost:8000/v1"  # local use
 
 
 def test_missing_explicit_env_file_is_an_error(tmp_path):
