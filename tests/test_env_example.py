@@ -66,3 +66,20 @@ def test_a_managed_bind_address_that_is_not_this_machine_is_a_setting_error(tmp_
     (line,) = [x for x in done.stderr.splitlines() if x.startswith("bfcl-ext: error:")]
     assert "BFCL_EXT_VLLM_BIND/--vllm-bind='no-such-host.invalid': the managed vLLM cannot listen there" in line
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.docker
+def test_the_vllm_health_check_start_period_is_a_setting() -> None:
+    """A first download of a big model takes longer than the image's 20 minutes: VLLM_HEALTH_START_PERIOD
+    (only the start period: the image's own test on /health stays, Docker fills in what is not set)."""
+    ensure_engine()
+
+    def health(extra: dict[str, str]) -> dict[str, object]:
+        done = subprocess.run([*compose_command(), "-f", "compose.yaml", "config", "--format", "json"],
+                              cwd=REPO_ROOT, env=docker_environment({"BFCL_EXT_MODEL": "m", **extra}),
+                              capture_output=True, text=True, check=False, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["services"]["vllm"]["healthcheck"]
+
+    assert health({}) == {"start_period": "20m0s"}
+    assert health({"VLLM_HEALTH_START_PERIOD": "1h30m"}) == {"start_period": "1h30m0s"}
