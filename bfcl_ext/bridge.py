@@ -560,19 +560,25 @@ def _prepare_prompt_handler(handler: Any, served_name: str, tokenizer: Path | No
 # ---------------------------------------------------------------- entries and result files
 
 
-def load_entries(categories: Sequence[str], limit: int | None) -> list[dict[str, Any]]:
-    """The test entries to answer, in BFCL's order, with BFCL's own preprocessing.
+def load_entries(categories: Sequence[str], limit: int | None = None) -> list[dict[str, Any]]:
+    """The test entries to answer, in BFCL's order, with BFCL's own preprocessing (``select_entries``)."""
+    from bfcl_eval.utils import load_dataset_entry
+
+    return select_entries([entry for category in categories for entry in load_dataset_entry(category)], limit)
+
+
+def select_entries(entries: Sequence[dict[str, Any]], limit: int | None) -> list[dict[str, Any]]:
+    """The first ``limit`` questions of each category of ``entries`` (all of them without a limit).
 
     ``limit`` counts a category's questions: a memory question keeps the prerequisite
     conversations it depends on, or it would be asked of an empty memory.
     """
-    from bfcl_eval.utils import load_dataset_entry
-
-    entries: list[dict[str, Any]] = []
-    for category in categories:
-        category_entries = load_dataset_entry(category)
-        entries.extend(_first_questions(category_entries, limit) if limit else category_entries)
-    return entries
+    if not limit:
+        return list(entries)
+    by_category: dict[str, list[dict[str, Any]]] = {}
+    for entry in entries:
+        by_category.setdefault(category_of(entry["id"]), []).append(entry)
+    return [entry for group in by_category.values() for entry in _first_questions(group, limit)]
 
 
 def _first_questions(entries: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
@@ -588,21 +594,41 @@ def result_files(session: Session) -> list[Path]:
     return sorted(base.rglob("*_result.json")) if base.exists() else []
 
 
-def repair_result_files(session: Session) -> dict[str, int]:
+def result_path(session: Session, entry_id: str) -> Path:
+    """The result file BFCL's handler appends ``entry_id``'s answer to."""
+    from bfcl_eval.utils import extract_test_category_from_id, get_directory_structure_by_id
+
+    return (session.result_dir / session.model_dir / get_directory_structure_by_id(entry_id)
+            / f"{_version_prefix()}_{extract_test_category_from_id(entry_id)}_result.json")
+
+
+def entry_ids_by_file(session: Session, entries: Iterable[dict[str, Any]]) -> dict[Path, set[str]]:
+    """The ids each result file may hold: those of ``entries`` whose answers BFCL writes there."""
+    by_file: dict[Path, set[str]] = {}
+    for entry in entries:
+        by_file.setdefault(result_path(session, entry["id"]), set()).add(entry["id"])
+    return by_file
+
+
+def repair_result_files(session: Session, entries: Sequence[dict[str, Any]] = ()) -> dict[str, int]:
     """Keep only complete, parseable result lines, each id once; rewrite a file atomically if needed.
 
     A run killed mid-write can leave a torn last line; an older tool may have written
     "Error during inference" answers for transport failures. Both are dropped (and asked again).
+    In the files of ``entries`` (every entry of the run's categories, not only those selected), a
+    line whose id is none of them is no answer either (an edited id BFCL cannot even sort,
+    ``simple_python_0x``): dropped, and its entry, if missing, asked again.
     """
-    dropped = {"torn_lines": 0, "duplicates": 0, "transport_errors": 0}
+    dropped = {"torn_lines": 0, "duplicates": 0, "transport_errors": 0, "unknown_ids": 0}
+    known = entry_ids_by_file(session, entries)
     for path in result_files(session):
-        kept, changed = _clean_lines(path, dropped)
+        kept, changed = _clean_lines(path, dropped, known.get(path))
         if changed:
             _atomic_write_lines(path, kept)
     return dropped
 
 
-def _clean_lines(path: Path, dropped: dict[str, int]) -> tuple[list[str], bool]:
+def _clean_lines(path: Path, dropped: dict[str, int], known: set[str] | None) -> tuple[list[str], bool]:
     seen: set[str] = set()
     kept: list[str] = []
     raw = path.read_bytes()
@@ -615,7 +641,10 @@ def _clean_lines(path: Path, dropped: dict[str, int]) -> tuple[list[str], bool]:
             dropped["torn_lines"] += 1
             changed = True
             continue
-        if entry_id in seen:
+        if known is not None and (not isinstance(entry_id, str) or entry_id not in known):
+            dropped["unknown_ids"] += 1
+            changed = True
+        elif entry_id in seen:
             dropped["duplicates"] += 1
             changed = True
         elif _is_transport_error_answer(entry.get("result")):
@@ -751,13 +780,9 @@ def write_answer(session: Session, line: dict[str, Any]) -> None:
     ``OutputError`` naming the file and the cause; a line cut short by a full disk is cut off
     again, so the file keeps whole lines only (and every answer written before).
     """
-    from bfcl_eval.utils import extract_test_category_from_id, get_directory_structure_by_id
-
     from bfcl_ext.errors import OutputError
 
-    entry_id = line["id"]  # the file upstream's handler.write appends to
-    path = (session.result_dir / session.model_dir / get_directory_structure_by_id(entry_id)
-            / f"{_version_prefix()}_{extract_test_category_from_id(entry_id)}_result.json")
+    path = result_path(session, line["id"])  # the file upstream's handler.write appends to
     with session.write_lock:
         try:
             size: int | None = path.stat().st_size
@@ -776,10 +801,14 @@ def write_answer(session: Session, line: dict[str, Any]) -> None:
             raise OutputError(error.filename or path, error.strerror or str(error)) from error
 
 
-def sort_result_files(session: Session) -> None:
-    """Sort each result file by id, atomically (upstream's sort truncates and rewrites in place,
-    so a kill or a signal in the middle would lose answers already on disk)."""
+def sort_result_files(session: Session, entries: Sequence[dict[str, Any]]) -> None:
+    """Sort the result files of ``entries`` by id, atomically (upstream's sort truncates and rewrites
+    in place, so a kill or a signal in the middle would lose answers already on disk). Other files
+    (categories this run did not repair) stay as they are."""
+    ours = entry_ids_by_file(session, entries)
     for path in result_files(session):
+        if path not in ours:
+            continue
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         ordered = [line for _, line in sorted(((sort_key(json.loads(line)), line) for line in lines),
                                               key=lambda pair: pair[0])]

@@ -239,8 +239,9 @@ def _run_locked(
         plan = _for_handler(plan, session, settings)
         _announce(plan, session)
         tools = _prepare_tools(plan, settings)
-        repaired = bridge.repair_result_files(session)
-        entries = bridge.load_entries(plan.run, settings.limit)
+        every_entry = bridge.load_entries(plan.run)  # what the run's result files may hold
+        repaired = bridge.repair_result_files(session, every_entry)
+        entries = bridge.select_entries(every_entry, settings.limit)
         for change in bridge.restore_memory_snapshots(session, entries):
             print(f"bfcl-ext: memory state: {change}", file=sys.stderr)
         pending = bridge.pending_entries(session, entries)
@@ -252,7 +253,7 @@ def _run_locked(
               file=sys.stderr)
         report = _generate(settings, server, session, pending, interruptions)
         if report.fatal is None:  # after an output error the disk may take nothing more: the rerun sorts
-            bridge.sort_result_files(session)
+            bridge.sort_result_files(session, every_entry)
         answered = bridge.answered_ids(session)
         scores = {} if report.stopped or report.fatal else _score_complete_categories(
             session, plan.run, entries, answered, settings)

@@ -193,10 +193,11 @@ def test_repair_drops_torn_duplicate_and_transport_error_lines(tmp_path: Path) -
     ]
     path.write_text("\n".join(lines) + "\n" + '{"id": "simple_python_9", "res')
     dropped = bridge.repair_result_files(_session(tmp_path))
-    assert dropped == {"torn_lines": 1, "duplicates": 1, "transport_errors": 1}
+    assert dropped == {"torn_lines": 1, "duplicates": 1, "transport_errors": 1, "unknown_ids": 0}
     kept = [json.loads(line)["id"] for line in path.read_text().splitlines()]
     assert kept == ["simple_python_0", "simple_python_1", "simple_python_6", "simple_python_2"]
-    assert bridge.repair_result_files(_session(tmp_path)) == {"torn_lines": 0, "duplicates": 0, "transport_errors": 0}
+    assert bridge.repair_result_files(_session(tmp_path)) == {"torn_lines": 0, "duplicates": 0, "transport_errors": 0,
+                                                               "unknown_ids": 0}
 
 
 def test_damaged_dataset_file_is_reported(tmp_path: Path) -> None:

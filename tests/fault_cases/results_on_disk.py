@@ -1,0 +1,83 @@
+"""Rows: every number honest about the answers on disk (issue 11, "every number honest").
+
+A result file is the user's to edit, damage or replace; whatever is found at a result path, a
+rerun either reads it the way BFCL would or says in one line why it cannot, and what it scores
+and records is exactly the entries the run selected:
+
+* a line whose id is no entry of its category (``simple_python_0x``: BFCL cannot even sort it)
+  is not an answer: dropped on resume, counted in ``repaired_on_resume``, its entry asked again;
+* a rerun with a smaller ``--limit`` scores the entries it selected, not every answer on disk
+  (the others stay there, untouched), and its bundle verifies; a bundle whose summary records
+  a limit but whose scores cover more answers does not;
+* a FIFO, a folder or a link to something that is not a regular file at a result path: one line
+  naming the path, exit 6, no hang.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import read_json, run_bfcl_ext
+from tests.fault_cases import Case, Outcome
+
+SECTION = "issue 11: every number honest"
+MODEL = "bfcl-ext-standin"
+CATEGORY = "simple_python"
+RESULT_FILE = f"result/{MODEL}/non_live/BFCL_v4_{CATEGORY}_result.json"
+SCORE_FILE = f"score/{MODEL}/non_live/BFCL_v4_{CATEGORY}_score.json"
+
+
+def _ids(limit: int) -> list[str]:
+    return [f"{CATEGORY}_{n}" for n in range(limit)]
+
+
+def _run_args(base_url: str, out: Path, limit: int, *extra: str) -> list[str]:
+    return ["run", "--skip-vllm", "--model", MODEL, "--base-url", base_url, "--test-category", CATEGORY,
+            "--limit", str(limit), "--output-dir", str(out), "--wait-timeout", "30", *extra]
+
+
+def _first_run(ctx: Any, limit: int) -> tuple[Any, Path]:
+    standin = ctx.standin_factory()
+    out = ctx.tmp_path / "out"
+    first = run_bfcl_ext(_run_args(standin.base_url, out, limit), cwd=ctx.tmp_path, timeout=240)
+    assert first.returncode == 0, first.stderr[-2000:]
+    return standin, out
+
+
+def _asked(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {entry: n - before.get(entry, 0) for entry, n in after.items() if n != before.get(entry, 0)}
+
+
+# ---------------------------------------------------------------- a line BFCL cannot sort
+
+
+def _an_id_edited_to_one_bfcl_cannot_sort(ctx: Any) -> Outcome:
+    standin, out = _first_run(ctx, 5)
+    path = out / RESULT_FILE
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    lines[0]["id"] = f"{CATEGORY}_0x"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    before = standin.stats()["entries"]
+    done = run_bfcl_ext(_run_args(standin.base_url, out, 5), cwd=ctx.tmp_path, timeout=240)
+    notes = {"asked": _asked(before, standin.stats()["entries"]), "summary": read_json(out / "summary.json")}
+    notes["again"] = run_bfcl_ext(_run_args(standin.base_url, out, 5), cwd=ctx.tmp_path, timeout=240)
+    return Outcome(done, out, _ids(5), notes)
+
+
+def _check_dropped_and_asked_again(outcome: Outcome) -> None:
+    assert outcome.output_dir is not None
+    assert outcome.notes["asked"] == {f"{CATEGORY}_0": 1}, outcome.notes["asked"]
+    summary = outcome.notes["summary"]
+    assert summary["status"] == "complete", summary["status"]
+    assert summary["entries"]["repaired_on_resume"]["unknown_ids"] == 1, summary["entries"]
+    assert summary["categories"][CATEGORY] == {"accuracy": 1.0, "correct": 5, "total": 5}, summary["categories"]
+    again = outcome.notes["again"]
+    assert again.returncode == 0 and "5 already answered, 0 to ask" in again.stderr, again.stderr[-2000:]
+
+
+CASES: list[Case] = [
+    Case("a result line's id edited to one BFCL cannot sort (simple_python_0x), then the same command twice",
+         SECTION, _an_id_edited_to_one_bfcl_cannot_sort, 0, None, _check_dropped_and_asked_again),
+]
