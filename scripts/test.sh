@@ -61,4 +61,6 @@ done
 trap - INT TERM
 
 export BFCL_EXT_TEST_VLLM_VENV="$PWD/.venv-vllm"
-exec .venv/bin/pytest "$@"
+# Three workers on two CPUs: most tests wait (on a server, an image build, a SLURM job), so a third
+# worker fills the gaps. A file's tests share a worker (tests/conftest.py); `-n 0` runs serially.
+exec .venv/bin/pytest -n "${BFCL_EXT_TEST_WORKERS:-3}" --dist loadgroup --no-loadscope-reorder "$@"
