@@ -1,7 +1,11 @@
 """The fault table: every bad input, misbehaving server, kill and race a hostile user tried, one row
 each (rows in tests/fault_cases/), all held to the same promise: a documented exit code, one plain
 line when something is wrong, no traceback, and each entry on disk at most once (exactly once when
-the run says it finished)."""
+the run says it finished).
+
+Every module of tests/fault_cases/ is a row module holding ``CASES: list[Case]``, except those
+whose name starts with ``_`` (shared helper code, e.g. tests/fault_cases/_helpers.py): the table
+skips them."""
 
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from tests.fault_cases import Case, Outcome
 def _all_cases() -> list[Case]:
     cases: list[Case] = []
     for module in pkgutil.iter_modules(fault_cases.__path__):
+        if module.name.startswith("_"):  # helpers shared by rows, not rows
+            continue
         cases.extend(importlib.import_module(f"{fault_cases.__name__}.{module.name}").CASES)
     return cases
 
@@ -47,10 +53,14 @@ def test_fault_table(case: Case, tmp_path: Path, standin_factory: Any) -> None:
     if case.message is not None:
         errors = [line for line in done.stderr.splitlines() if line.startswith("bfcl-ext: error:")]
         assert len(errors) == 1 and case.message in errors[0], seen
-    if outcome.output_dir is not None and (outcome.output_dir / "result").exists():
-        counts = Counter(line["id"] for line in result_lines(outcome.output_dir))
-        assert not [i for i, n in counts.items() if n > 1], f"entries on disk twice: {seen}"
+    if outcome.output_dir is not None:
+        on_disk = result_lines(outcome.output_dir) if (outcome.output_dir / "result").exists() else []
+        counts = Counter(line["id"] for line in on_disk)
+        duplicated = sorted(i for i, n in counts.items() if n > 1)
+        assert not duplicated, f"entries on disk twice: {duplicated[:10]}\n{seen}"
         if done.returncode == 0 and outcome.expected_ids:
-            assert set(counts) == set(outcome.expected_ids), seen
+            lost = sorted(set(outcome.expected_ids) - set(counts))
+            extra = sorted(set(counts) - set(outcome.expected_ids))
+            assert not lost and not extra, f"entries lost: {lost[:10]}, not selected: {extra[:10]}\n{seen}"
     if case.check is not None:
         case.check(outcome)

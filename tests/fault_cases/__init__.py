@@ -1,8 +1,9 @@
 """Rows of the fault table (tests/test_fault_table.py), one module per topic.
 
-Each module holds ``CASES: list[Case]``. A case sets up a fault, runs the real ``bfcl-ext``
-(against the stand-in, a real vLLM on the CPU where it fits) and returns what the user saw;
-the table asserts the same things of every row: the exit code, the one-line message, no
+Each module holds ``CASES: list[Case]``; a module whose name starts with ``_`` (``_helpers``)
+holds code shared by rows and is skipped by the table. A case sets up a fault, runs the real
+``bfcl-ext`` (against the stand-in, a real vLLM on the CPU where it fits) and returns what the user
+saw; the table asserts the same things of every row: the exit code, the one-line message, no
 traceback, and every entry on disk at most once (all of them when the run succeeded).
 """
 
