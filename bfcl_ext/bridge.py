@@ -594,20 +594,29 @@ def result_files(session: Session) -> list[Path]:
     return sorted(base.rglob("*_result.json")) if base.exists() else []
 
 
-def result_path(session: Session, entry_id: str) -> Path:
-    """The result file BFCL's handler appends ``entry_id``'s answer to."""
+def result_file_name(entry_id: str) -> str:
+    """The result file BFCL's handler appends ``entry_id``'s answer to, relative to the model's folder."""
     from bfcl_eval.utils import extract_test_category_from_id, get_directory_structure_by_id
 
-    return (session.result_dir / session.model_dir / get_directory_structure_by_id(entry_id)
-            / f"{_version_prefix()}_{extract_test_category_from_id(entry_id)}_result.json")
+    return (f"{get_directory_structure_by_id(entry_id)}/"
+            f"{_version_prefix()}_{extract_test_category_from_id(entry_id)}_result.json")
+
+
+def result_path(session: Session, entry_id: str) -> Path:
+    return session.result_dir / session.model_dir / result_file_name(entry_id)
+
+
+def ids_by_result_file(entries: Iterable[dict[str, Any]]) -> dict[str, set[str]]:
+    """The ids each result file (``result_file_name``) may hold: those of ``entries`` BFCL writes there."""
+    by_file: dict[str, set[str]] = {}
+    for entry in entries:
+        by_file.setdefault(result_file_name(entry["id"]), set()).add(entry["id"])
+    return by_file
 
 
 def entry_ids_by_file(session: Session, entries: Iterable[dict[str, Any]]) -> dict[Path, set[str]]:
-    """The ids each result file may hold: those of ``entries`` whose answers BFCL writes there."""
-    by_file: dict[Path, set[str]] = {}
-    for entry in entries:
-        by_file.setdefault(result_path(session, entry["id"]), set()).add(entry["id"])
-    return by_file
+    base = session.result_dir / session.model_dir
+    return {base / name: ids for name, ids in ids_by_result_file(entries).items()}
 
 
 def repair_result_files(session: Session, entries: Sequence[dict[str, Any]] = ()) -> dict[str, int]:
@@ -1053,8 +1062,14 @@ class CategoryScore:
     total: int
 
 
-def evaluate(session: Session, categories: Sequence[str], partial: bool) -> dict[str, CategoryScore]:
-    """Score each category with BFCL's checker; write BFCL's score files and leaderboard CSVs."""
+def evaluate(
+    session: Session, categories: Sequence[str], partial: bool, selected: set[str] | None = None
+) -> dict[str, CategoryScore]:
+    """Score each category with BFCL's checker; write BFCL's score files and leaderboard CSVs.
+
+    ``selected``: the entries to score (the run's selection); answers on disk to other entries of
+    the same category (an earlier run's, with a larger ``--limit``) are left as they are, unscored.
+    """
     from bfcl_eval.eval_checker import eval_runner
     from bfcl_eval.eval_checker.eval_runner_helper import (
         generate_leaderboard_csv,
@@ -1079,7 +1094,8 @@ def evaluate(session: Session, categories: Sequence[str], partial: bool) -> dict
         )
         if not path.exists():
             continue
-        results = load_file(path, sort_by_id=True)
+        results = sorted((line for line in load_file(path) if selected is None or line["id"] in selected),
+                         key=sort_key)
         eval_runner.evaluate_task(
             category, session.result_dir, session.score_dir, results, session.model_dir,
             session.handler, table, allow_missing=partial,
@@ -1096,15 +1112,19 @@ def evaluate(session: Session, categories: Sequence[str], partial: bool) -> dict
 
 
 def rescore(
-    model: str, served_name: str, result_dir: Path, score_dir: Path, categories: Sequence[str], partial: bool
+    model: str, served_name: str, result_dir: Path, score_dir: Path, categories: Sequence[str], partial: bool,
+    limit: int | None = None,
 ) -> dict[str, CategoryScore]:
     """Score answers already on disk again, with no server: BFCL's checker writes into ``score_dir``.
 
     The handler is built as for a run (it decodes the answers) but gets no client and, for
-    prompt-mode models, no tokenizer: decoding needs neither.
+    prompt-mode models, no tokenizer: decoding needs neither. Only the entries a run with
+    ``limit`` selects are scored, as the run scored them.
     """
     handler, _ = _new_handler(model, served_name, temperature=0.0)
-    return evaluate(Session(handler, model, "re-score", result_dir, score_dir, RequestStats()), categories, partial)
+    selected = {entry["id"] for entry in load_entries(categories, limit)}
+    session = Session(handler, model, "re-score", result_dir, score_dir, RequestStats())
+    return evaluate(session, categories, partial, selected)
 
 
 def _read_score(session: Session, category: str) -> CategoryScore:

@@ -40,7 +40,7 @@ import sys
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,7 @@ def bundle(output_dir: Path, archive: Path) -> BundleReport:
     warnings: list[str] = []
     files = _collect(output_dir, archive, warnings)
     summary = _json_of(files, "summary.json", output_dir)
+    _leave_out_unselected(files, summary, output_dir, warnings)
     if summary.get("status") != "complete":
         warnings.append(f"the run's status is {summary.get('status')!r}, not 'complete'")
     board = summary.get("leaderboard")
@@ -101,6 +102,41 @@ def bundle(output_dir: Path, archive: Path) -> BundleReport:
              f"{leaderboard.get('Overall Acc')})") if leaderboard else None
     complete = isinstance(board, dict) and bool(board.get("complete"))
     return BundleReport(archive, len(files), archive.stat().st_size, where, tuple(warnings), leaderboard, complete)
+
+
+def _leave_out_unselected(files: dict[str, bytes], summary: Mapping[str, Any], output_dir: Path,
+                          warnings: list[str]) -> None:
+    """A ``--limit`` run's result files hold only the entries it selected in the bundle.
+
+    An earlier run into the folder with a larger limit left answers the run did not score; they
+    stay in the folder, but the bundle carries what its summary describes (verify refuses more).
+    """
+    try:
+        limit = recorded_limit(summary)
+    except ValueError as error:
+        raise ConfigError(OUTPUT_SETTING, str(output_dir), str(error)) from None
+    if limit is None:
+        return
+    from bfcl_ext import bridge
+
+    prefix = f"result/{model_dir_name(str(summary.get('model')))}/"
+    with _evaluator_for_reading():
+        categories = _answered_categories(summary, (name.rsplit("/", 1)[-1] for name in files))
+        allowed = bridge.ids_by_result_file(bridge.load_entries(categories, limit))
+    left_out = 0
+    for name in [n for n in files if n.startswith(prefix) and n.endswith("_result.json")]:
+        ids = allowed.get(name[len(prefix):])
+        if ids is None:
+            continue
+        lines = files[name].decode("utf-8", errors="replace").splitlines()
+        kept = [line for line, entry_id in zip(lines, _result_line_ids(files[name]), strict=True)
+                if entry_id is None or entry_id in ids]  # a line without an id stays: verify names it
+        if len(kept) != len(lines):
+            left_out += len(lines) - len(kept)
+            files[name] = "".join(line + "\n" for line in kept).encode("utf-8")
+    if left_out:
+        warnings.append(f"left out {left_out} answers to entries beyond --limit {limit} (an earlier run's in "
+                        "this folder, not scored by this run; they stay in the folder)")
 
 
 def model_dir_name(model: str) -> str:
@@ -440,6 +476,7 @@ def verify(archive: Path) -> VerifyReport:
         _check_contents(archive, root, model)
         version = _check_bfcl_eval(archive, manifest)
         _check_datasets(archive, manifest)
+        _check_answers_carried(archive, root, summary, model)
         scores = _check_rescore(archive, root, Path(workdir), summary, model, served)
     return VerifyReport(archive, count, version, scores)
 
@@ -563,6 +600,39 @@ def _check_datasets(archive: Path, manifest: Mapping[str, Any]) -> None:
                 )
 
 
+def _check_answers_carried(archive: Path, root: Path, summary: Mapping[str, Any], model: str) -> None:
+    """Every result file the bundle carries belongs to a category of the run, and holds answers to
+    the entries the run selected only: verify re-scores those, and vouches for nothing else."""
+    from bfcl_ext import bridge
+
+    own = model_dir_name(model)
+    results = root / "result" / own
+    carried = sorted(results.rglob("*_result.json")) if results.is_dir() else []
+    if not carried:
+        return
+    try:
+        limit = recorded_limit(summary)
+    except ValueError as error:
+        raise VerificationError(f"{archive}: {error}") from None
+    categories = _answered_categories(summary, (p.name for p in (root / "score").rglob("*_score.json")))
+    allowed = bridge.ids_by_result_file(bridge.load_entries(categories, limit))
+    for path in carried:
+        name = path.relative_to(results).as_posix()
+        shown = f"{PREFIX}/result/{own}/{name}"
+        ids = allowed.get(name)
+        if ids is None:
+            raise VerificationError(
+                f"{archive}: {shown} holds answers of a category the run neither records nor scores "
+                f"(summary.json: {', '.join(summary.get('categories') or {}) or 'none'}): verify would not re-score "
+                "them and does not vouch for them; bundle the run's folder again")
+        extra = [entry_id or "a line without an id" for entry_id in _result_line_ids(path.read_bytes())
+                 if entry_id not in ids]
+        if extra:
+            scope = f" (--limit {limit})" if limit else ""
+            raise VerificationError(f"{archive}: {shown} holds answers to entries the run did not select{scope}: "
+                                    f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+
+
 def _check_rescore(
     archive: Path, root: Path, workdir: Path, summary: Mapping[str, Any], model: str, served: str
 ) -> dict[str, tuple[float, int, int]]:
@@ -578,7 +648,7 @@ def _check_rescore(
     try:
         with contextlib.redirect_stdout(sys.stderr):  # the evaluator's progress lines; stdout is the verdict
             scores = bridge.rescore(str(model), str(served), root / "result", rescored_dir, categories,
-                                    partial=bool(summary.get("partial")))
+                                    partial=bool(summary.get("partial")), limit=recorded_limit(summary))
     except BfclExtError as error:
         raise VerificationError(f"{archive}: cannot re-score the bundled answers: {error}") from None
     except Exception as error:  # noqa: BLE001 - the checker choking on the bundle is a verdict, not a crash
@@ -642,15 +712,61 @@ def _ordered_categories(names: Sequence[str]) -> list[str]:
 
 def _categories_with_score_files(root: Path) -> list[str]:
     """Categories BFCL wrote a score file for (an earlier run into the same folder may have added some)."""
+    return _categories_of_score_files(path.name for path in (root / "score").rglob("*_score.json"))
+
+
+def _categories_of_score_files(names: Iterable[str]) -> list[str]:
     from bfcl_ext import bridge
 
     known = bridge.expand_categories(["all"])
     found = []
-    for path in (root / "score").rglob("*_score.json"):
-        matches = [c for c in known if path.name.endswith(f"_{c}_score.json")]
+    for name in names:
+        matches = [c for c in known if name.endswith(f"_{c}_score.json")]
         if matches:
             found.append(max(matches, key=len))  # 'live_multiple' rather than 'multiple'
     return found
+
+
+def _answered_categories(summary: Mapping[str, Any], score_files: Iterable[str]) -> list[str]:
+    """The categories whose answers a bundle may carry: those summary.json records, and those scored."""
+    from bfcl_ext import bridge
+
+    known = set(bridge.expand_categories(["all"]))
+    recorded = [c for c in (summary.get("categories") or {}) if c in known]
+    return _ordered_categories([*recorded, *_categories_of_score_files(score_files)])
+
+
+def recorded_limit(summary: Mapping[str, Any]) -> int | None:
+    """summary.json's ``limit`` (None: every entry); anything else is no limit a run could have had."""
+    limit = summary.get("limit")
+    if limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0):
+        return limit
+    raise ValueError(f"summary.json records limit {limit!r}, not a positive integer")
+
+
+def _result_line_ids(data: bytes) -> list[str | None]:
+    """Each line's id (None: a line that is no JSON object with a text id)."""
+    ids: list[str | None] = []
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            entry_id = json.loads(line).get("id")
+        except (ValueError, AttributeError):
+            entry_id = None
+        ids.append(entry_id if isinstance(entry_id, str) else None)
+    return ids
+
+
+@contextlib.contextmanager
+def _evaluator_for_reading() -> Iterator[None]:
+    """bfcl-eval importable here: its project root (import-time folders) in a temporary folder."""
+    from bfcl_ext import bridge
+
+    if "bfcl_eval.constants.eval_config" in sys.modules:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="bfcl-ext-bundle-") as root:
+        bridge.use_project_root(Path(root))
+        yield
 
 
 def _score_text(score: Mapping[str, Any]) -> str:

@@ -167,8 +167,16 @@ def facts(manifest: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, 
         out[f"ground_truth.{category}"] = _text(hashes.get("ground_truth"))
     out["threads"] = _text(manifest.get("threads"))
     out["limit"] = _text(manifest.get("limit", summary.get("limit")))
-    out["status"] = _text(summary.get("status"))
+    out["status"] = status_text(summary)
     return out
+
+
+def status_text(summary: Mapping[str, Any]) -> str:
+    """A run's status as a reader takes it: a ``--limit`` run that answered its selection is partial, not complete."""
+    status = str(summary.get("status"))
+    if status == "complete" and summary.get("partial"):
+        return f"partial (--limit {summary.get('limit')})"
+    return status
 
 
 def _text(value: Any) -> str | None:
@@ -278,7 +286,7 @@ def _runs_table(runs: list[Run]) -> Table:
     for run in runs:
         summary = run.summary
         scope = f"first {summary.get('limit')} entries per category" if summary.get("partial") else "full categories"
-        rows.append([run.label, run.source, str(summary.get("model")), str(summary.get("status")), scope])
+        rows.append([run.label, run.source, str(summary.get("model")), status_text(summary), scope])
     notes = [f"{run.label}: {note}" for run in runs for note in run.notes]
     return Table("runs", ["run", "source", "model", "status", "scope"], rows, notes)
 

@@ -336,7 +336,9 @@ def _score_complete_categories(
         category for category in categories
         if all(e["id"] in answered for e in entries if bridge.category_of(e["id"]) == category)
     ]
-    return bridge.evaluate(session, complete, partial=settings.limit is not None) if complete else {}
+    if not complete:
+        return {}
+    return bridge.evaluate(session, complete, partial=settings.limit is not None, selected={e["id"] for e in entries})
 
 
 def _generate(

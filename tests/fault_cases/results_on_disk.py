@@ -16,9 +16,12 @@ and records is exactly the entries the run selected:
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
+from bfcl_ext import bundle as bundles
+from bfcl_ext.errors import EXIT_VERIFY_FAILED
 from tests.conftest import read_json, run_bfcl_ext
 from tests.fault_cases import Case, Outcome
 
@@ -77,7 +80,75 @@ def _check_dropped_and_asked_again(outcome: Outcome) -> None:
     assert again.returncode == 0 and "5 already answered, 0 to ask" in again.stderr, again.stderr[-2000:]
 
 
+# ---------------------------------------------------------------- a rerun with a smaller --limit
+
+
+def _ids_in(path: Path) -> list[str]:
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+
+def _members(archive: Path) -> dict[str, bytes]:
+    with tarfile.open(archive, "r:gz") as tar:
+        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}  # type: ignore[union-attr]
+
+
+def _bundle(ctx: Any, out: Path) -> Path:
+    archive = ctx.tmp_path / "run.tar.gz"
+    done = run_bfcl_ext(["bundle", str(out), "-o", str(archive)], cwd=ctx.tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return archive
+
+
+def _a_smaller_limit_in_the_same_folder(ctx: Any) -> Outcome:
+    standin, out = _first_run(ctx, 10)
+    done = run_bfcl_ext(_run_args(standin.base_url, out, 5), cwd=ctx.tmp_path, timeout=240)
+    archive = _bundle(ctx, out)
+    verified = run_bfcl_ext(["verify", str(archive)], cwd=ctx.tmp_path, timeout=300)
+    compared = run_bfcl_ext(["compare", str(out), str(archive)], cwd=ctx.tmp_path, timeout=120)
+    # output_dir stays None: the table would count the 5 answers beyond --limit 5 as not selected
+    return Outcome(done, notes={"out": out, "members": _members(archive), "verified": verified,
+                                "compared": compared})
+
+
+def _check_the_selection_scored_and_the_rest_kept(outcome: Outcome) -> None:
+    out: Path = outcome.notes["out"]
+    summary = read_json(out / "summary.json")
+    assert (summary["status"], summary["limit"]) == ("complete", 5), summary
+    assert summary["categories"][CATEGORY] == {"accuracy": 1.0, "correct": 5, "total": 5}, summary["categories"]
+    assert summary["entries"]["selected"] == summary["entries"]["answered"] == 5, summary["entries"]
+    header = json.loads((out / SCORE_FILE).read_text().splitlines()[0])
+    assert (header["correct_count"], header["total_count"]) == (5, 5), header
+    assert sorted(_ids_in(out / RESULT_FILE)) == sorted(_ids(10)), "the answers beyond --limit 5 are not kept"
+    bundled = [json.loads(line)["id"] for line in outcome.notes["members"][RESULT_FILE].decode().splitlines()]
+    assert sorted(bundled) == sorted(_ids(5)), f"the bundle carries answers the run did not score: {bundled}"
+    verified = outcome.notes["verified"]
+    assert verified.returncode == 0, verified.stderr[-2000:]
+    assert f"{CATEGORY} 100.00% (5/5)" in verified.stdout, verified.stdout
+    compared = outcome.notes["compared"]
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    runs = compared.stdout.split("\n\n")[0]
+    assert "partial (--limit 5)" in runs and "complete" not in runs, compared.stdout
+
+
+def _a_bundle_scoring_more_than_its_limit(ctx: Any) -> Outcome:
+    """What a smaller-limit rerun used to leave: summary.json says --limit 5, its scores cover 10 answers."""
+    _, out = _first_run(ctx, 10)
+    files = _members(_bundle(ctx, out))
+    summary = json.loads(files["summary.json"])
+    summary["limit"] = 5
+    files["summary.json"] = json.dumps(summary).encode()
+    files[bundles.SUMS] = bundles.checksum_list(files)
+    forged = ctx.tmp_path / "forged.tar.gz"
+    bundles.write_archive(files, forged)
+    return Outcome(run_bfcl_ext(["verify", str(forged)], cwd=ctx.tmp_path, timeout=300))
+
+
 CASES: list[Case] = [
     Case("a result line's id edited to one BFCL cannot sort (simple_python_0x), then the same command twice",
          SECTION, _an_id_edited_to_one_bfcl_cannot_sort, 0, None, _check_dropped_and_asked_again),
+    Case("a rerun in the same folder with a smaller --limit (10, then 5), bundled, verified and compared",
+         SECTION, _a_smaller_limit_in_the_same_folder, 0, None, _check_the_selection_scored_and_the_rest_kept),
+    Case("a bundle whose summary.json records --limit 5 but whose scores cover 10 answers (sums rewritten)",
+         SECTION, _a_bundle_scoring_more_than_its_limit, EXIT_VERIFY_FAILED,
+         f"bfcl-run/{RESULT_FILE} holds answers to entries the run did not select (--limit 5): {CATEGORY}_5"),
 ]
