@@ -25,6 +25,7 @@ from typing import Any
 
 from bfcl_ext.errors import ConfigError
 from bfcl_ext.provenance import sha256_file
+from bfcl_ext.reply_shape import message_problem
 from bfcl_ext.request_settings import RequestSettings
 
 BFCL_EVAL_VERSION = "2026.3.23"
@@ -378,8 +379,9 @@ def _describe_unparseable(error: BaseException) -> str:
 
 def _unusable(response: Any) -> str | None:
     """Why a parsed reply is not one the handler can read (None: it is). bfcl-eval's handlers read
-    ``choices[0].message`` (chat) or ``choices[0].text`` (completions) and ``usage``'s two token
-    counts; the SDK builds its objects without validation, so a null or missing one gets through."""
+    ``choices[0].message`` (chat: its content and tool calls, ``reply_shape``) or ``choices[0].text``
+    (completions) and ``usage``'s two token counts; the SDK builds its objects without validation,
+    so a null, missing or wrongly typed one gets through."""
     from openai.types import Completion
 
     choices = getattr(response, "choices", None)
@@ -397,6 +399,9 @@ def _unusable(response: Any) -> str | None:
             return "choices[0].message is null"
         if not hasattr(message, "content"):
             return "choices[0].message is not a message"
+        shape = message_problem(message)
+        if shape is not None:
+            return shape
     usage = getattr(response, "usage", None)
     if usage is None:
         return "no usage"

@@ -13,6 +13,7 @@ import requests
 from bfcl_ext.config import Settings
 from bfcl_ext.endpoint import Endpoint
 from bfcl_ext.errors import NotReadyError
+from bfcl_ext.reply_shape import message_problem
 from bfcl_ext.run import serving, wait_ready
 from bfcl_ext.signals import Interruptions
 
@@ -66,7 +67,8 @@ def tool_call_round_trip(endpoint: Endpoint, model: str, timeout: float) -> dict
 
 def _usable_message(response: requests.Response) -> tuple[dict[str, Any], str | None]:
     """The reply's message, or what makes the reply unusable (what ``bfcl-ext run`` retries as a
-    server fault): a body that is not JSON, no choices, a null message, no usage."""
+    server fault): a body that is not JSON, no choices, a null message or one of the wrong shape
+    (``reply_shape``), no usage."""
     try:
         payload = json.loads(response.content)
     except ValueError as error:
@@ -85,6 +87,9 @@ def _usable_message(response: requests.Response) -> tuple[dict[str, Any], str | 
         return {}, "a null message (choices[0].message)"
     if not isinstance(message, dict):
         return {}, "choices[0].message is not a message"
+    shape = message_problem(message)
+    if shape is not None:
+        return {}, shape
     usage = payload.get("usage")
     if not isinstance(usage, dict):
         return {}, "no usage"

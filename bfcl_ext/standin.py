@@ -105,10 +105,14 @@ def _case_from_entry(entry: dict[str, Any], category: str, ground_truth: Any) ->
 
 # --------------------------------------------------------------------------- options
 
-BAD_REPLY_KINDS: tuple[str, ...] = ("cut", "null-message", "no-usage", "empty-choices")
+BAD_REPLY_KINDS: tuple[str, ...] = ("cut", "null-message", "no-usage", "empty-choices", "string-tool-calls",
+                                     "null-function", "int-content")
 """Replies with status 200 that a client cannot use (``bad_reply_rate``): the body cut short (a
 prefix of valid JSON, with the Content-Length of what is sent), ``choices[0].message`` null (on
-/v1/completions: ``choices[0].text``), no ``usage``, and ``choices: []``."""
+/v1/completions: ``choices[0].text``), no ``usage``, ``choices: []``, and a message of the wrong
+shape: ``tool_calls`` a string (the calls' JSON text), a tool call with ``function: null``, an
+integer ``content`` (on /v1/completions, each of these three: an integer ``text``)."""
+MALFORMED_MESSAGE_KINDS = ("string-tool-calls", "null-function", "int-content")
 
 
 @dataclass(frozen=True)
@@ -635,9 +639,27 @@ def _bad_reply_body(payload: dict[str, Any], kind: str) -> bytes:
         spoiled.pop("usage", None)
     elif kind == "empty-choices":
         spoiled["choices"] = []
+    elif kind in MALFORMED_MESSAGE_KINDS:
+        for choice in spoiled["choices"][:1]:
+            if "message" in choice:
+                choice["message"] = _malformed_message(dict(choice["message"] or {}), kind)
+            else:
+                choice["text"] = 42
     else:
         raise ValueError(f"unknown bad reply kind {kind!r}")
     return json.dumps(spoiled, ensure_ascii=False).encode()
+
+
+def _malformed_message(message: dict[str, Any], kind: str) -> dict[str, Any]:
+    calls = message.get("tool_calls") or [{"id": f"chatcmpl-tool-{_random_id()}", "type": "function",
+                                           "function": {"name": "f", "arguments": "{}"}}]
+    if kind == "string-tool-calls":
+        message["tool_calls"] = json.dumps(calls)
+    elif kind == "null-function":
+        message["tool_calls"] = [{**calls[0], "function": None}, *calls[1:]]
+    else:  # int-content
+        message["content"] = 42
+    return message
 
 
 # --------------------------------------------------------------------------- requests
@@ -1270,7 +1292,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bad-reply-kinds", default=",".join(BAD_REPLY_KINDS), metavar="KIND,...",
                         help=f"which unusable bodies, drawn evenly (default all: {','.join(BAD_REPLY_KINDS)}): "
                         "cut = valid JSON cut short; null-message = choices[0].message (completions: .text) "
-                        "null; no-usage = no usage; empty-choices = choices: []")
+                        "null; no-usage = no usage; empty-choices = choices: []; string-tool-calls = tool_calls "
+                        "a string; null-function = a tool call with function: null; int-content = content 42 "
+                        "(completions, these three: text 42)")
     parser.add_argument("--max-concurrency", type=int, help="completions in flight beyond this get 429")
     parser.add_argument("--die-after", type=int, help="crash (exit 1) after this many completion requests")
     parser.add_argument("--echo-key", type=int, default=0, metavar="N",

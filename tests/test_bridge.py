@@ -103,6 +103,10 @@ UNUSABLE = {  # what the guard says of each kind, on /v1/chat/completions and on
     "null-message": ("choices[0].message is null", "choices[0].text is null"),
     "no-usage": ("no usage", "no usage"),
     "empty-choices": ("an empty reply: the server answered without choices (choices: [])",) * 2,
+    "string-tool-calls": ("choices[0].message.tool_calls that is not a list (a string)", "choices[0].text is not text"),
+    "null-function": ("choices[0].message.tool_calls[0].function that is null, not a function call",
+                      "choices[0].text is not text"),
+    "int-content": ("choices[0].message.content that is not text (a number)", "choices[0].text is not text"),
 }
 
 

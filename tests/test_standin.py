@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from bfcl_ext.standin import Standin, StandinOptions
+from bfcl_ext.standin import MALFORMED_MESSAGE_KINDS, Standin, StandinOptions
 
 os.environ.setdefault("BFCL_PROJECT_ROOT", tempfile.mkdtemp(prefix="bfcl-ext-test-"))
 
@@ -332,7 +332,8 @@ def completion(server: Standin, prompt: str = "Hello?") -> requests.Response:
     return requests.post(f"{server.url}/v1/completions", json={"model": MODEL, "prompt": prompt}, timeout=10)
 
 
-@pytest.mark.parametrize("kind", ["cut", "null-message", "no-usage", "empty-choices"])
+@pytest.mark.parametrize("kind", ["cut", "null-message", "no-usage", "empty-choices", "string-tool-calls",
+                                  "null-function", "int-content"])
 def test_bad_replies_are_200s_spoiled_as_asked(standin: Any, kind: str) -> None:
     server = standin(bad_reply_rate=1.0, bad_reply_kinds=(kind,))
     for response, field in ((chat(server, hello()), "message"), (completion(server), "text")):
@@ -349,6 +350,14 @@ def test_bad_replies_are_200s_spoiled_as_asked(standin: Any, kind: str) -> None:
             assert reply["choices"][0][field] is None and "usage" in reply
         elif kind == "no-usage":
             assert "usage" not in reply and reply["choices"][0][field] is not None
+        elif field == "text" and kind in MALFORMED_MESSAGE_KINDS:
+            assert reply["choices"][0]["text"] == 42 and "usage" in reply
+        elif kind == "string-tool-calls":
+            assert isinstance(json.loads(reply["choices"][0]["message"]["tool_calls"]), list)
+        elif kind == "null-function":
+            assert reply["choices"][0]["message"]["tool_calls"][0]["function"] is None
+        elif kind == "int-content":
+            assert reply["choices"][0]["message"]["content"] == 42
         else:
             assert reply["choices"] == [] and "usage" in reply
     stats = server.stats()

@@ -1,7 +1,8 @@
 """Rows: a server fault is never the model's answer (issue 11 section 1).
 
 A reply with status 200 that the client cannot use (the body cut short, ``choices[0].message``
-null, no ``usage``, ``choices: []``; the stand-in's ``--bad-reply-rate``) is retried like a 5xx,
+null, no ``usage``, ``choices: []``, ``tool_calls`` a string, a tool call with ``function: null``,
+an integer ``content``; the stand-in's ``--bad-reply-rate``) is retried like a 5xx,
 counted in ``summary.json`` ``requests``, and never written to a result file; ``check`` names it
 in one line (exit 3); an older version's "Error during inference" line for one is asked again.
 """
@@ -16,7 +17,7 @@ from tests.conftest import read_json, result_lines, run_bfcl_ext
 from tests.fault_cases import Case, Outcome
 
 MODEL = "bfcl-ext-standin"
-KINDS = ("cut", "null-message", "no-usage", "empty-choices")
+KINDS = ("cut", "null-message", "no-usage", "empty-choices", "string-tool-calls", "null-function", "int-content")
 SECTION = "issue 11 section 1: a server fault is never the model's answer"
 
 
@@ -151,12 +152,15 @@ CHECK_MESSAGES = {
     "null-message": "HTTP 200 and a null message (choices[0].message)",
     "no-usage": "HTTP 200 and no usage",
     "empty-choices": "HTTP 200 and an empty reply (choices: [])",
+    "string-tool-calls": "HTTP 200 and choices[0].message.tool_calls that is not a list (a string)",
+    "null-function": "HTTP 200 and choices[0].message.tool_calls[0].function that is null, not a function call",
+    "int-content": "HTTP 200 and choices[0].message.content that is not text (a number)",
 }
 
 CASES = [
     *(Case(f"run: 20% of replies {kind} (simple_python, 40 entries)", SECTION, _run_with_bad_replies(kind), 0,
            check=_check_retried_and_scored_clean) for kind in KINDS),
-    Case("run: every reply unusable (all four kinds)", SECTION, _run_with_only_bad_replies, 4,
+    Case("run: every reply unusable (all seven kinds)", SECTION, _run_with_only_bad_replies, 4,
          "5 entries have no answer after retries", check=_check_left_unanswered),
     *(Case(f"check: the server replies {kind}", SECTION, _check_against(kind), 3, CHECK_MESSAGES[kind],
            check=_check_not_an_answer) for kind in KINDS),
