@@ -595,8 +595,39 @@ def _first_questions(entries: list[dict[str, Any]], limit: int) -> list[dict[str
 
 
 def result_files(session: Session) -> list[Path]:
+    """The model's result files, each a regular file (or a link to one); anything else at a result
+    path is an ``OutputError`` naming it (never opened: a FIFO would block the run forever)."""
     base = session.result_dir / session.model_dir
-    return sorted(base.rglob("*_result.json")) if base.exists() else []
+    paths = sorted(base.rglob("*_result.json")) if base.exists() else []
+    for path in paths:
+        _require_regular_file(path)
+    return paths
+
+
+def _require_regular_file(path: Path) -> None:
+    import stat
+
+    from bfcl_ext.errors import OutputError
+
+    try:
+        linked = stat.S_ISLNK(os.lstat(path).st_mode)
+        mode = os.stat(path).st_mode  # a link is followed, to see what it stands for
+    except FileNotFoundError:
+        raise OutputError(path, "not a regular file (a link to nothing); remove it") from None
+    except OSError as error:
+        raise OutputError(path, error.strerror or str(error)) from None
+    if not stat.S_ISREG(mode):
+        kind = _file_kind(mode)
+        raise OutputError(path, f"not a regular file ({'a link to ' + kind if linked else kind}); remove it "
+                          "or move it away")
+
+
+def _file_kind(mode: int) -> str:
+    import stat
+
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "something else")
 
 
 def result_file_name(entry_id: str) -> str:

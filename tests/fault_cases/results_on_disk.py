@@ -9,13 +9,16 @@ and records is exactly the entries the run selected:
 * a rerun with a smaller ``--limit`` scores the entries it selected, not every answer on disk
   (the others stay there, untouched), and its bundle verifies; a bundle whose summary records
   a limit but whose scores cover more answers does not;
+* a bundle carrying answers of a category its run neither records nor scores is refused by verify
+  (exit 5): it would vouch for answers it never re-scores;
 * a FIFO, a folder or a link to something that is not a regular file at a result path: one line
-  naming the path, exit 6, no hang.
+  naming the path, exit 6, no hang (a link to a regular file is followed).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,7 @@ MODEL = "bfcl-ext-standin"
 CATEGORY = "simple_python"
 RESULT_FILE = f"result/{MODEL}/non_live/BFCL_v4_{CATEGORY}_result.json"
 SCORE_FILE = f"score/{MODEL}/non_live/BFCL_v4_{CATEGORY}_score.json"
+OTHER_RESULT_FILE = f"result/{MODEL}/non_live/BFCL_v4_multiple_result.json"
 
 
 def _ids(limit: int) -> list[str]:
@@ -143,6 +147,59 @@ def _a_bundle_scoring_more_than_its_limit(ctx: Any) -> Outcome:
     return Outcome(run_bfcl_ext(["verify", str(forged)], cwd=ctx.tmp_path, timeout=300))
 
 
+def _another_categorys_answers_added_to_the_bundle(ctx: Any) -> Outcome:
+    """A result file of a category the run never scored (nor recorded), packed in and checksummed."""
+    _, out = _first_run(ctx, 3)
+    files = _members(_bundle(ctx, out))
+    files[OTHER_RESULT_FILE] = "".join(json.dumps({"id": f"multiple_{n}", "result": [{"f": "{}"}]}) + "\n"
+                                       for n in range(3)).encode()
+    files[bundles.SUMS] = bundles.checksum_list(files)
+    forged = ctx.tmp_path / "forged.tar.gz"
+    bundles.write_archive(files, forged)
+    return Outcome(run_bfcl_ext(["verify", str(forged)], cwd=ctx.tmp_path, timeout=300))
+
+
+# ---------------------------------------------------------------- a result path that is not a regular file
+
+
+def _at_the_result_path(make: Any) -> Any:
+    """After a first run, the result file replaced by what ``make(path, scratch)`` puts there; the same
+    command again (60 s: a run still going then is a hang)."""
+
+    def scenario(ctx: Any) -> Outcome:
+        standin, out = _first_run(ctx, 3)
+        path = out / RESULT_FILE
+        path.unlink()
+        make(path, ctx.tmp_path)
+        done = run_bfcl_ext(_run_args(standin.base_url, out, 3), cwd=ctx.tmp_path, timeout=60)
+        return Outcome(done, notes={"path": path})
+
+    return scenario
+
+
+def _fifo(path: Path, _: Path) -> None:
+    os.mkfifo(path)
+
+
+def _folder(path: Path, _: Path) -> None:
+    path.mkdir()
+
+
+def _link_to_a_device(path: Path, _: Path) -> None:
+    path.symlink_to("/dev/null")
+
+
+def _link_to_a_regular_file(path: Path, scratch: Path) -> None:
+    target = scratch / "elsewhere.json"
+    target.write_text("")
+    path.symlink_to(target)
+
+
+def _check_the_path_named(outcome: Outcome) -> None:
+    line = next(line for line in outcome.done.stderr.splitlines() if line.startswith("bfcl-ext: error:"))
+    assert f"cannot write {outcome.notes['path']}: not a regular file" in line, line
+
+
 CASES: list[Case] = [
     Case("a result line's id edited to one BFCL cannot sort (simple_python_0x), then the same command twice",
          SECTION, _an_id_edited_to_one_bfcl_cannot_sort, 0, None, _check_dropped_and_asked_again),
@@ -151,4 +208,15 @@ CASES: list[Case] = [
     Case("a bundle whose summary.json records --limit 5 but whose scores cover 10 answers (sums rewritten)",
          SECTION, _a_bundle_scoring_more_than_its_limit, EXIT_VERIFY_FAILED,
          f"bfcl-run/{RESULT_FILE} holds answers to entries the run did not select (--limit 5): {CATEGORY}_5"),
+    Case("a bundle carrying a result file of a category it never re-scores (multiple), checksummed",
+         SECTION, _another_categorys_answers_added_to_the_bundle, EXIT_VERIFY_FAILED,
+         f"bfcl-run/{OTHER_RESULT_FILE} holds answers of a category the run neither records nor scores"),
+    Case("a FIFO (mkfifo) at a result file's path", SECTION, _at_the_result_path(_fifo), 6,
+         "not a regular file (a FIFO)", _check_the_path_named),
+    Case("a folder at a result file's path", SECTION, _at_the_result_path(_folder), 6,
+         "not a regular file (a folder)", _check_the_path_named),
+    Case("a symbolic link to /dev/null at a result file's path", SECTION, _at_the_result_path(_link_to_a_device), 6,
+         "not a regular file (a link to a character device)", _check_the_path_named),
+    Case("a symbolic link to a regular file at a result file's path: followed", SECTION,
+         _at_the_result_path(_link_to_a_regular_file), 0),
 ]
