@@ -484,18 +484,40 @@ def open_session(
     stats: RequestStats,
     temperature: float,
     output_dir: Path,
-    tokenizer: Path | None,
 ) -> Session:
-    """A handler for ``model`` that talks to our client, and the folders it writes to."""
+    """A handler for ``model`` that talks to our client, and the folders it writes to. A handler
+    that formats prompts on the client still needs its tokenizer: ``load_tokenizer``, once the
+    server is ready."""
     handler, registered = _new_handler(model, served_name, temperature)
     handler.client = client
+    name = type(handler).__name__
     if _is_prompt_handler(handler):
-        _prepare_prompt_handler(handler, served_name, tokenizer)
-        mode = f"prompt: /v1/completions, prompts formatted by BFCL's {type(handler).__name__}"
+        style = "BFCL's function-calling format" if handler.is_fc_model else "prompt mode"
+        mode = (f"prompt: /v1/completions, prompts formatted by BFCL's {name} on the client ({style}): "
+                f"{model!r} is a BFCL registry name")
+    elif registered:
+        mode = (f"function-calling: /v1/chat/completions with tools, the calls parsed by the server's tool parser: "
+                f"{model!r} is not a BFCL registry name")
     else:
-        origin = "registered by bfcl-ext" if registered else f"BFCL's {type(handler).__name__}"
-        mode = f"function-calling: /v1/chat/completions with tools ({origin})"
+        mode = f"function-calling: /v1/chat/completions with tools (BFCL's {name}): {model!r} is a BFCL registry name"
     return Session(handler, model, mode, output_dir / "result", output_dir / "score", stats)
+
+
+def model_to_load(model: str) -> str:
+    """What a managed vLLM loads for ``model``: a BFCL registry name of a model served locally (one
+    whose handler formats prompts on the client, e.g. ``Qwen/Qwen3-8B-FC``) names its Hugging Face
+    model (``Qwen/Qwen3-8B``), as upstream serves it; any other name is loaded as given."""
+    from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING
+    from bfcl_eval.model_handler.local_inference.base_oss_handler import OSSHandler
+
+    config = MODEL_CONFIG_MAPPING.get(model)
+    if config is None or not issubclass(config.model_handler, OSSHandler):
+        return model
+    return str(config.model_name)
+
+
+def needs_tokenizer(session: Session) -> bool:
+    return _is_prompt_handler(session.handler)
 
 
 def _new_handler(model: str, served_name: str, temperature: float) -> tuple[Any, bool]:
@@ -539,27 +561,41 @@ def _is_prompt_handler(handler: Any) -> bool:
     return isinstance(handler, OSSHandler)
 
 
-def _prepare_prompt_handler(handler: Any, served_name: str, tokenizer: Path | None) -> None:
+def load_tokenizer(session: Session, served_name: str, tokenizer: Path | None, served_root: str | None) -> str:
     """What upstream's spin_up_local_server does for a server it did not start, minus its unbounded,
-    unauthenticated readiness loop and its hub downloads: tokenizer and context length, offline."""
+    unauthenticated readiness loop and its hub downloads: the tokenizer and context length of a
+    handler that formats prompts on the client, offline. ``--tokenizer`` when given; else the
+    Hugging Face cache (the server has filled it by now: a managed vLLM, compose's shared cache), else
+    the folder the server loaded (``root`` in /v1/models, readable here for SLURM's --model-path).
+    Returns where it was found."""
     from transformers import AutoConfig, AutoTokenizer
 
-    source = str(tokenizer) if tokenizer else handler.model_name_huggingface
-    try:
-        handler.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=True)
-        model_config = AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=True)
-    except (OSError, ValueError) as error:
-        raise ConfigError(
-            "BFCL_EXT_TOKENIZER/--tokenizer",
-            str(tokenizer) if tokenizer else None,
-            f"{type(handler).__name__} formats prompts on the client and needs the tokenizer of "
-            f"{handler.model_name_huggingface} on local disk (a folder, or the Hugging Face cache): "
-            f"{str(error).splitlines()[0][:200]}",
-        ) from None
-    handler.max_context_length = getattr(model_config, "max_position_embeddings", None) or (
-        handler.tokenizer.model_max_length
+    handler = session.handler
+    hub_id = handler.model_name_huggingface
+    if tokenizer is not None:
+        sources = [str(tokenizer)]
+    else:
+        sources = [hub_id] + ([served_root] if served_root and Path(served_root).is_dir() else [])
+    problems = []
+    for source in sources:
+        try:
+            handler.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True, trust_remote_code=True)
+            model_config = AutoConfig.from_pretrained(source, local_files_only=True, trust_remote_code=True)
+        except (OSError, ValueError) as error:
+            problems.append(f"{source}: {str(error).splitlines()[0][:160]}")
+            continue
+        handler.max_context_length = getattr(model_config, "max_position_embeddings", None) or (
+            handler.tokenizer.model_max_length
+        )
+        handler.model_path_or_id = served_name  # the `model` field of each request
+        return source
+    looked = "--tokenizer" if tokenizer is not None else "the Hugging Face cache, then the folder the server loaded"
+    raise ConfigError(
+        "BFCL_EXT_TOKENIZER/--tokenizer",
+        str(tokenizer) if tokenizer else None,
+        f"{type(handler).__name__} formats prompts on the client and needs the tokenizer of {hub_id} on "
+        f"local disk ({looked}; nothing is downloaded): " + "; ".join(problems),
     )
-    handler.model_path_or_id = served_name  # the `model` field of each request
 
 
 # ---------------------------------------------------------------- entries and result files

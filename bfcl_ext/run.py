@@ -162,8 +162,13 @@ def serving(settings: Settings, environ: Mapping[str, str]) -> Iterator[Server]:
     port = _managed_port(settings)
     if port != settings.endpoint.port:
         print(f"bfcl-ext: port {settings.endpoint.port} is taken; vLLM will listen on {port}", file=sys.stderr)
+    model = settings.model or ""
+    loaded = bridge.model_to_load(model)
+    if loaded != model:
+        print(f"bfcl-ext: {model} is BFCL's registry name for {loaded}: vLLM loads {loaded}, served as "
+              f"{settings.model_name_served}", file=sys.stderr)
     argv = server_command(
-        settings.vllm_command, settings.model or "", settings.model_name_served, settings.vllm_bind, port,
+        settings.vllm_command, loaded, settings.model_name_served, settings.vllm_bind, port,
         settings.vllm_args, settings.model_revision,
     )
     log_path = settings.output_dir / "logs" / "vllm-server.log"
@@ -233,8 +238,7 @@ def _run_locked(
             settings.request,
         )
         session = bridge.open_session(
-            settings.model or "", settings.model_name_served, client, stats, settings.temperature,
-            settings.output_dir, settings.tokenizer,
+            settings.model or "", settings.model_name_served, client, stats, settings.temperature, settings.output_dir,
         )
         plan = _for_handler(plan, session, settings)
         _announce(plan, session)
@@ -251,6 +255,10 @@ def _run_locked(
         print(f"bfcl-ext: server ready at {server.endpoint.base_url} (version {info.version or 'unknown'}); "
               f"{len(entries)} entries, {len(entries) - len(pending)} already answered, {len(pending)} to ask",
               file=sys.stderr)
+        if pending and bridge.needs_tokenizer(session):
+            source = bridge.load_tokenizer(session, settings.model_name_served, settings.tokenizer,
+                                           _served_root(info.models_payload, settings.model_name_served))
+            print(f"bfcl-ext: the tokenizer comes from {source}", file=sys.stderr)
         report = _generate(settings, server, session, pending, interruptions)
         if report.fatal is None:  # after an output error the disk may take nothing more: the rerun sorts
             bridge.sort_result_files(session, every_entry)

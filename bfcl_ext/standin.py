@@ -122,6 +122,7 @@ class StandinOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     served_model_names: tuple[str, ...] = ("bfcl-ext-standin",)
+    model_root: str | None = None  # /v1/models' root, as vLLM's: what --model loaded (default: the first name)
     mode: str = "oracle"
     api_key: str | None = field(default=None, repr=False)
     load_delay: float = 0.0
@@ -893,7 +894,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _models(self, _body: bytes) -> None:
         names = self.server.options.served_model_names
-        cards = [_model_card(name, names[0], self.server.started) for name in names]
+        root = self.server.options.model_root or names[0]
+        cards = [_model_card(name, root, self.server.started) for name in names]
         self._send_json(HTTPStatus.OK, {"object": "list", "data": cards})
 
     def _stats(self, _body: bytes) -> None:
@@ -1328,6 +1330,7 @@ def _options_from(args: argparse.Namespace) -> StandinOptions:
         host=args.host,
         port=args.port,
         served_model_names=tuple(names or StandinOptions.served_model_names),
+        model_root=args.model,
         mode=args.mode,
         api_key=api_key,
         load_delay=args.load_delay,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 from tests.conftest import read_json, run_bfcl_ext
+from tests.support.vllm_cpu import free_port, save_in_hub_cache
 
 PROMPT_MODEL = "Qwen/Qwen3-0.6B"  # BFCL's QwenHandler: prompts formatted on the client, /v1/completions
 
@@ -83,3 +85,68 @@ def test_format_sensitivity_runs_for_a_prompt_mode_registry_model(
     assert summary["leaderboard"]["not_run"] == {}
     score_file = out / "score" / "Qwen_Qwen3-0.6B" / "format_sensitivity" / "BFCL_v4_format_sensitivity_score.json"
     assert json.loads(score_file.read_text().splitlines()[0])["total_count"] == 26
+
+
+FC_REGISTRY_MODEL = "Qwen/Qwen3-0.6B-FC"  # BFCL's QwenFCHandler: its function-calling format, on the client
+STANDIN_AS_VLLM = f"{sys.executable} -m bfcl_ext.standin"
+
+
+def test_a_registry_fc_name_in_managed_mode_loads_its_hugging_face_model(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """As upstream: vLLM loads the registry entry's Hugging Face model, served under the name given
+    so that requests match; the run says so, and which mode it scores in and why; the tokenizer is
+    found in the Hugging Face cache once the server is ready."""
+    hub = tmp_path / "hf" / "hub"
+    save_in_hub_cache(tiny_model_dir, hub, "Qwen/Qwen3-0.6B")
+    out = tmp_path / "out"
+    done = run_bfcl_ext(
+        ["run", "--model", FC_REGISTRY_MODEL, "--test-category", "simple_python", "--limit", "3",
+         "--output-dir", str(out), "--vllm-port", str(free_port()), "--vllm-command", STANDIN_AS_VLLM,
+         "--wait-timeout", "60"],
+        env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+    assert f"bfcl-ext: {FC_REGISTRY_MODEL} is BFCL's registry name for Qwen/Qwen3-0.6B: vLLM loads Qwen/Qwen3-0.6B, "\
+           f"served as {FC_REGISTRY_MODEL}" in lines, lines[:10]
+    started = next(line for line in lines if line.startswith("bfcl-ext: starting vLLM: "))
+    assert " --model Qwen/Qwen3-0.6B --host " in started and f"--served-model-name {FC_REGISTRY_MODEL}" in started
+    mode = next(line for line in lines if line.startswith("bfcl-ext: scoring in "))
+    assert "QwenFCHandler" in mode and "function-calling format" in mode and "is a BFCL registry name" in mode
+    snapshot = hub / "models--Qwen--Qwen3-0.6B" / "snapshots"
+    assert any(line.startswith("bfcl-ext: the tokenizer comes from Qwen/Qwen3-0.6B") for line in lines), lines
+    assert snapshot.is_dir()
+    summary = read_json(out / "summary.json")
+    assert summary["categories"]["simple_python"]["total"] == 3
+    assert read_json(out / "manifest.json")["model"]["root"] == "Qwen/Qwen3-0.6B"  # --model, as vLLM reports
+
+
+def test_the_tokenizer_is_found_in_the_folder_the_server_loaded(
+    standin_factory, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """No --tokenizer and an empty Hugging Face cache: the folder /v1/models names as `root` (SLURM's
+    --model-path, bound into the runner) has it."""
+    standin = standin_factory("--model", str(tiny_model_dir), "--served-model-name", PROMPT_MODEL)
+    out = tmp_path / "out"
+    done = run_bfcl_ext(
+        ["run", "--skip-vllm", "--model", PROMPT_MODEL, "--test-category", "simple_python", "--limit", "5",
+         "--output-dir", str(out)],
+        env={"VLLM_BASE_URL": standin.base_url, "HF_HOME": str(tmp_path / "empty-hf-home")},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"bfcl-ext: the tokenizer comes from {tiny_model_dir}" in done.stderr.splitlines()
+    assert read_json(out / "summary.json")["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 5,
+                                                                             "total": 5}
+
+
+def test_a_served_name_outside_the_registry_says_why_it_is_function_calling(standin_factory, tmp_path: Path) -> None:
+    standin = standin_factory("--served-model-name", "my-served-model")
+    done = run_bfcl_ext(
+        ["run", "--skip-vllm", "--model", "my-served-model", "--test-category", "simple_python", "--limit", "2",
+         "--output-dir", str(tmp_path / "out")],
+        env={"VLLM_BASE_URL": standin.base_url},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ("bfcl-ext: scoring in function-calling: /v1/chat/completions with tools, the calls parsed by the "
+            "server's tool parser: 'my-served-model' is not a BFCL registry name") in done.stderr.splitlines()

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -163,6 +164,17 @@ def vllm_server_command(
         *SERVER_FLAGS,
         *extra_args,
     ]  # fmt: skip
+
+
+def save_in_hub_cache(model_dir: Path, hub: Path, repo_id: str) -> Path:
+    """``model_dir`` (the tiny model) as the hub's ``repo_id`` in the Hugging Face cache ``hub``
+    (HF_HOME/hub): a snapshot and refs/main, as a download leaves it. Returns the snapshot."""
+    repo = hub / ("models--" + repo_id.replace("/", "--"))
+    commit = "0" * 40
+    shutil.copytree(model_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    return repo / "snapshots" / commit
 
 
 def free_port(host: str = "127.0.0.1") -> int:
