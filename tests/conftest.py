@@ -34,6 +34,7 @@ LONGEST_FIRST = ("test_apptainer.py", "test_slurm.py", "test_compose.py", "test_
                  "test_smoke_script.py", "test_fault_table.py", "test_embeddings.py")  # fmt: skip
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which turns the marks into groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         name = item.path.name
