@@ -438,13 +438,15 @@ def make_client(
     import httpx
     import openai
 
+    from bfcl_ext.reply_deadline import WholeReplyDeadline
+
     http_client = httpx.Client(
         event_hooks={
             "request": [lambda _request: stats.count_sent()],
             "response": [lambda response: stats.count_response(response.status_code)],
         },
         timeout=timeout,
-        limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        transport=WholeReplyDeadline(timeout, limits=httpx.Limits(max_connections=None, max_keepalive_connections=256)),
     )
     client = openai.OpenAI(
         base_url=base_url,

@@ -127,6 +127,7 @@ class StandinOptions:
     api_key: str | None = field(default=None, repr=False)
     load_delay: float = 0.0
     latency: float = 0.0
+    trickle: float = 0.0  # seconds between the bytes of each completion's body (a reply that never ends)
     error_rate: float = 0.0
     rate_limit_rate: float = 0.0
     bad_reply_rate: float = 0.0  # share of completions answered 200 with an unusable body
@@ -154,7 +155,7 @@ class StandinOptions:
         if unknown or not self.bad_reply_kinds:
             raise ValueError(f"bad_reply_kinds={','.join(self.bad_reply_kinds)!r}: expected one or more of "
                              f"{', '.join(BAD_REPLY_KINDS)}")
-        for name in ("load_delay", "latency"):
+        for name in ("load_delay", "latency", "trickle"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must not be negative")
         for name in ("max_concurrency", "die_after"):
@@ -971,7 +972,22 @@ class _Handler(BaseHTTPRequestHandler):
         state.count("ok", entry_id)
         if entry_id is None:
             state.count("unmatched")
+        if options.trickle > 0:
+            return self._trickle(json.dumps(payload).encode(), options.trickle)
         self._send_json(HTTPStatus.OK, payload)
+
+    def _trickle(self, data: bytes, pause: float) -> None:
+        """The answer, one byte every ``pause`` seconds: each read of the client gets something."""
+        self.send_response(HTTPStatus.OK.value, HTTPStatus.OK.phrase)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        for index in range(len(data)):
+            if self.server.dead:
+                return
+            self.wfile.write(data[index : index + 1])
+            self.wfile.flush()
+            time.sleep(pause)
 
     def _internal_error(self, message: str) -> None:
         self.server.state.count("errors")
@@ -1287,6 +1303,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--load-delay", type=float, default=0.0, help="seconds before the port opens")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each completion")
+    parser.add_argument("--trickle", type=float, default=0.0, metavar="SECONDS",
+                        help="send each completion's body one byte every SECONDS (a reply that never ends)")
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of completions answered 500")
     parser.add_argument("--rate-limit-rate", type=float, default=0.0, help="share answered 429")
     parser.add_argument("--bad-reply-rate", type=float, default=0.0,
@@ -1335,6 +1353,7 @@ def _options_from(args: argparse.Namespace) -> StandinOptions:
         api_key=api_key,
         load_delay=args.load_delay,
         latency=args.latency,
+        trickle=args.trickle,
         error_rate=args.error_rate,
         rate_limit_rate=args.rate_limit_rate,
         bad_reply_rate=args.bad_reply_rate,
