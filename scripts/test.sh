@@ -62,5 +62,6 @@ trap - INT TERM
 
 export BFCL_EXT_TEST_VLLM_VENV="$PWD/.venv-vllm"
 # Three workers on two CPUs: most tests wait (on a server, an image build, a SLURM job), so a third
-# worker fills the gaps. A file's tests share a worker (tests/conftest.py); `-n 0` runs serially.
-exec .venv/bin/pytest -n "${BFCL_EXT_TEST_WORKERS:-3}" --dist loadgroup --no-loadscope-reorder "$@"
+# worker fills the gaps. A file's tests share a worker, the longest files first (tests/conftest.py);
+# BFCL_EXT_TEST_WORKERS=0 runs serially.
+exec .venv/bin/pytest -n "${BFCL_EXT_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "$@"

@@ -21,27 +21,22 @@ from tests.support.vllm_cpu import REPO_ROOT, VllmServer, ensure_tiny_model, fre
 
 BFCL_EXT = [sys.executable, "-m", "bfcl_ext"]
 
-# scripts/test.sh runs the suite on several workers (pytest-xdist, --dist loadgroup). A file's tests
-# share one worker: module- and session-scoped fixtures (an image build, a SIF, the SLURM cluster,
-# a vLLM server) are then made once. The fault table's rows share nothing and go wherever a worker
-# is free. Files that share a session resource share a group.
-SHARED_GROUPS = {"test_runner_vllm.py": "vllm-cpu", "test_vllm_cpu.py": "vllm-cpu"}
-UNGROUPED = {"test_fault_table.py"}
-# The longest groups start first (--no-loadscope-reorder keeps this order), so that no worker is
-# left with one of them at the end while the others are idle.
-LONGEST_FIRST = ("test_apptainer.py", "test_slurm.py", "test_compose.py", "test_vllm_image.py",
-                 "test_runner_full_image.py", "test_vllm_cpu.py", "test_runner_vllm.py",
-                 "test_smoke_script.py", "test_fault_table.py", "test_embeddings.py")  # fmt: skip
+# scripts/test.sh runs the suite on several workers (pytest-xdist, --dist loadfile): a file's tests
+# share one worker, so its module- and session-scoped fixtures (an image build, a SIF, the SLURM
+# cluster, a vLLM server) are made once. The longest files start first (--no-loadscope-reorder keeps
+# this order), so that no worker is left with one of them at the end while the others are idle.
+# (--dist loadgroup would let the fault table's rows spread, but pytest-xdist 3.8 cannot set its
+# groups on pytest 9's node ids.)
+LONGEST_FIRST = ("test_apptainer.py", "test_fault_table.py", "test_slurm.py", "test_compose.py", "test_docs.py",
+                 "test_vllm_image.py", "test_runner_full_image.py", "test_vllm_cpu.py", "test_runner_vllm.py",
+                 "test_smoke_script.py", "test_embeddings.py")  # fmt: skip
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own, which turns the marks into groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        name = item.path.name
-        if name not in UNGROUPED:
-            item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(name, name)))
     items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
                else len(LONGEST_FIRST))  # fmt: skip
+
+
 CLEAN_ENV_PREFIXES = ("VLLM_", "BFCL_EXT_", "OPENAI_")
 
 
