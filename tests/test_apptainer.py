@@ -386,6 +386,9 @@ HOST_PYTHON_ENV = {
     "PYTHONHOME": f"{HOME_IN_TOOL}/bogus-python-home",
     "PYTHONSTARTUP": f"{HOME_IN_TOOL}/startup.py",
     "PYTHONUSERBASE": f"{HOME_IN_TOOL}/userbase",
+    "PYTHONOPTIMIZE": "2",
+    "BASH_ENV": f"{HOME_IN_TOOL}/bashenv.sh",  # sourced by bash scripts (the vLLM entrypoint) if it arrived
+    "ENV": f"{HOME_IN_TOOL}/bashenv.sh",  # the same for sh in POSIX mode
 }
 # sys.path, the user site and the Python variables, as a Python in the SIF sees them.
 PROBE = ("import json, os, site, sys; print('PROBE', json.dumps({'path': sys.path, 'user_site': site.ENABLE_USER_SITE, "
@@ -407,6 +410,8 @@ def _host_python_traps(tmp_path: Path) -> Path:
                         f"open('{HOME_IN_TOOL}/markers/{name}', 'w').close()\n")  # fmt: skip
 
     trap(home / "startup.py", "PYTHONSTARTUP")
+    (home / "bashenv.sh").write_text(f"echo '{TRAP} BASH_ENV' >&2\n: > {HOME_IN_TOOL}/markers/BASH_ENV\n"
+                                     f"export PYTHONPATH={HOME_IN_TOOL}/pythonpath\n")  # fmt: skip
     for module in ("bfcl_ext/__init__.py", "vllm/__init__.py", "sitecustomize.py", "usercustomize.py"):
         trap(home / "pythonpath" / module, f"PYTHONPATH-{module.split('/')[0].removesuffix('.py')}")
     for module in ("bfcl_ext/__init__.py", "vllm/__init__.py", "shlex.py", "json.py"):
