@@ -6,15 +6,16 @@ Kept light on purpose: ``bfcl-ext --help`` must not import bfcl-eval or the Open
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from bfcl_ext import __version__
-from bfcl_ext.config import OPTIONS, Settings, process_environment, resolve
-from bfcl_ext.errors import EXIT_INTERRUPTED, BfclExtError
+from bfcl_ext.config import API_KEY_FILE_FLAG, OPTIONS, Settings, is_secret_name, process_environment, resolve
+from bfcl_ext.errors import EXIT_CONFIG, EXIT_INTERRUPTED, BfclExtError
 
 EXIT_CODES_HELP = """exit codes:
   0    every selected entry answered and scored
@@ -27,6 +28,34 @@ EXIT_CODES_HELP = """exit codes:
        cause named; the run stops at once, answers already written kept; rerun to finish)
   130  interrupted (Ctrl-C)      143  terminated (SIGTERM, e.g. scancel or a SLURM time limit)
 """
+
+
+API_KEY_FLAG = "--api-key"
+API_KEY_FLAG_REFUSED = (
+    f"{API_KEY_FLAG} is refused: a key on the command line shows in every user's process listing (ps); "
+    f"set VLLM_API_KEY in the environment or .env, or give {API_KEY_FILE_FLAG} PATH (a file holding the key)"
+)
+
+
+class UsageError(BfclExtError):
+    """Arguments argparse could not take (a flag without its value, an unknown flag or command)."""
+
+    exit_code = EXIT_CONFIG
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse error is one line (``main`` prints it), not the usage block and argparse's own exit."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+class _RefuseKeyFlag(argparse.Action):
+    """``--api-key VALUE``: refused while parsing, so that the value goes nowhere (not even an error line)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.error(API_KEY_FLAG_REFUSED)
 
 
 def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
@@ -43,10 +72,11 @@ def _add_settings(parser: argparse.ArgumentParser, names: Sequence[str] | None =
         else:
             parser.add_argument(option.flag, *option.flag_aliases, dest=option.name, default=None, metavar="VALUE",
                                 help=option.help + env)
+    parser.add_argument(API_KEY_FLAG, nargs="?", action=_RefuseKeyFlag, help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bfcl-ext",
         description="Score a model on the Berkeley Function Calling Leaderboard (bfcl-eval), served by vLLM "
         "or any OpenAI-compatible server. Settings: flag > environment > .env > default.",
@@ -55,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bfcl-ext {__version__}")
     parser.add_argument("--env-file", type=Path, default=None, help="settings file (default ./.env if present)")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=_Parser)
 
     run = commands.add_parser("run", help="launch vLLM (or use a running server), generate, score",
                               epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,8 +124,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         from bfcl_ext import standin
 
         return standin.main(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        args = _parse(argv)
         return _dispatch(args, argv, environ)
     except BfclExtError as error:
         print(f"bfcl-ext: error: {error}", file=sys.stderr)
@@ -107,6 +138,68 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         if environ.get("BFCL_EXT_DEBUG"):
             traceback.print_exc()
         return 1
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    try:
+        return build_parser().parse_args(argv)
+    except UsageError as error:
+        raise UsageError(_usage_line(str(error), argv)) from None
+
+
+COMMANDS = ("run", "check", "models", "bundle", "verify", "compare", "standin")
+_MISSING_VALUE = re.compile(r"argument (\S+): expected (?:one|at most one) argument")
+_AMBIGUOUS = re.compile(r"ambiguous option: (\S+) could match (.*)")
+_UNRECOGNIZED = "unrecognized arguments: "
+
+
+def _usage_line(message: str, argv: Sequence[str]) -> str:
+    """argparse's message, made to name the flag and the value the user gave."""
+    missing = _MISSING_VALUE.fullmatch(message)
+    if missing:
+        return _missing_value_line(missing.group(1).split("/"), argv)
+    ambiguous = _AMBIGUOUS.fullmatch(message)
+    if ambiguous:
+        flag = ambiguous.group(1).partition("=")[0]  # the value is not shown: the flag may be meant for a key
+        return f"{flag}: an abbreviation of more than one flag ({ambiguous.group(2)}): write the flag in full"
+    if message.startswith(_UNRECOGNIZED):
+        return _unrecognized_line(message[len(_UNRECOGNIZED):].split(" "), argv)
+    return message
+
+
+def _missing_value_line(flags: Sequence[str], argv: Sequence[str]) -> str:
+    at = next((n for n, word in enumerate(argv) if _names_flag(word, flags)
+               and (n + 1 == len(argv) or argv[n + 1].startswith("-"))), None)
+    flag = argv[at] if at is not None else flags[-1]
+    after = argv[at + 1] if at is not None and at + 1 < len(argv) else None
+    if after is None:
+        return f"{flag}: expected a value after it"
+    if re.match(r"--?[A-Za-z]", after) and not re.fullmatch(r"-(inf|infinity|nan)", after, re.IGNORECASE):
+        return f"{flag}: expected a value after it, got the flag {after!r}"
+    # argparse reads a word starting with '-' as a flag unless it is a plain negative number
+    return f"{flag}={after!r}: a value starting with '-' must be joined to its flag: write {flag}={after}"
+
+
+def _names_flag(word: str, flags: Sequence[str]) -> bool:
+    """``word`` is one of ``flags``, or an abbreviation argparse took for one (``--temp``)."""
+    return word in flags or (word.startswith("--") and any(flag.startswith(word) for flag in flags))
+
+
+def _unrecognized_line(words: Sequence[str], argv: Sequence[str]) -> str:
+    shown = [_shown_word(word, words[n - 1] if n else "") for n, word in enumerate(words)]
+    command = next((word for word in argv if word in COMMANDS), None)
+    help_command = f"bfcl-ext {command} --help" if command else "bfcl-ext --help"
+    return f"unknown argument{'s' if len(shown) > 1 else ''} {' '.join(shown)} ({help_command} lists them)"
+
+
+def _shown_word(word: str, before: str) -> str:
+    """An unknown word as an error may show it: the value of anything named like a secret is hidden."""
+    name, equals, _value = word.partition("=")
+    if equals and is_secret_name(name):
+        return f"{name}=<redacted>"
+    if before.startswith("-") and "=" not in before and is_secret_name(before):
+        return "<redacted>"
+    return repr(word)
 
 
 def _settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:

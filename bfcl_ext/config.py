@@ -39,6 +39,8 @@ WANDB_VARIABLE = "WANDB_BFCL_PROJECT"  # bfcl-eval uploads the scores to W&B whe
 WANDB_PLACEHOLDER = "ENTITY:PROJECT"  # the value of bfcl-eval's .env.example: no upload
 SECRET_MARKERS = ("key", "token", "secret", "password", "passwd", "credential", "auth")
 SEED_RANGE = (-(2**63), 2**63 - 1)  # vLLM's (a 64-bit integer)
+API_KEY_FILE_FLAG = "--api-key-file"
+MAX_KEY_FILE_BYTES = 64 * 1024  # a key is a line: anything larger is the wrong file (or /dev/zero)
 THINKING_OFF_EXAMPLE = '{"chat_template_kwargs": {"enable_thinking": false}}'  # Qwen3's thinking switch
 
 
@@ -96,6 +98,31 @@ def _unset_or(parse: Callable[[str, str], Any]) -> Callable[[str, str], Any]:
         return None if not raw.strip() else parse(label, raw)
 
     return parse_or_none
+
+
+_PLAIN_DIGITS = re.compile(r"[0-9]+")  # ASCII only: int() also takes ' 8000', '+8000' and full-width digits
+
+
+def _port_problem(text: str) -> str | None:
+    """Why ``text`` is not a port as the SLURM scripts and a URL take it: ASCII digits, 1-65535, no
+    leading zero; None if fine."""
+    if not text:
+        return "empty: give the port (or, in a URL, drop the ':')"
+    if not _PLAIN_DIGITS.fullmatch(text):
+        return "not an integer: a port is plain ASCII digits, without sign, blanks or other characters"
+    value = int(text)
+    if not 1 <= value <= 65535:
+        return "must be between 1 and 65535"
+    if text != str(value):
+        return f"a leading zero: write {value}"
+    return None
+
+
+def _port(label: str, raw: str) -> int:
+    problem = _port_problem(raw)
+    if problem:
+        raise ConfigError(label, raw, problem)
+    return int(raw)
 
 
 def _top_p(label: str, raw: str) -> float:
@@ -191,12 +218,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("vllm_endpoint", "VLLM_ENDPOINT", "--vllm-endpoint", "localhost", _text,
            "server host name or address, or a full URL (upstream's LOCAL_SERVER_ENDPOINT is read when unset)",
            aliases=("LOCAL_SERVER_ENDPOINT",)),
-    Option("vllm_port", "VLLM_PORT", "--vllm-port", DEFAULT_PORT, _number(int, 1, 65535),
+    Option("vllm_port", "VLLM_PORT", "--vllm-port", DEFAULT_PORT, _port,
            "server port (upstream's LOCAL_SERVER_PORT is read when unset)", aliases=("LOCAL_SERVER_PORT",)),
     Option("base_url", "VLLM_BASE_URL", "--base-url", None, _optional_text,
            "full OpenAI base URL (https, path prefix); overrides endpoint and port"),
-    Option("api_key", "VLLM_API_KEY", "--api-key", None, _optional_text,
-           "bearer key the server requires (prefer the environment or .env: flags show in `ps`)"),
+    Option("api_key", "VLLM_API_KEY", None, None, _optional_text,
+           "bearer key the server requires (environment or .env only: a flag would show in `ps`)"),
+    Option("api_key_file", "BFCL_EXT_API_KEY_FILE", API_KEY_FILE_FLAG, None, _unset_or(_path),
+           "file holding the server's bearer key (one line), instead of VLLM_API_KEY"),
     Option("skip_vllm", "BFCL_EXT_SKIP_VLLM", "--skip-vllm", False, _boolean,
            "do not launch vLLM: use the server already running at the endpoint (upstream: --skip-server-setup)",
            flag_aliases=("--skip-server-setup",)),
@@ -304,6 +333,7 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict)  # setting -> flag / env / .env / default
     wandb_project: str | None = None  # upstream's W&B upload (WANDB_BFCL_PROJECT), done by bfcl-eval itself
     search_api_key: str | None = field(default=None, repr=False)
+    api_key_file: Path | None = None  # where the key was read from (recorded; the key itself never is)
 
     @property
     def request(self) -> RequestSettings:
@@ -468,6 +498,7 @@ def _build(
         embedding_model=Path(raw["embedding_model"]) if raw["embedding_model"] else None,
         search_base_url=_search_base_url(raw["search_base_url"], sources),
         search_api_key=raw["search_api_key"],
+        api_key_file=raw["api_key_file"],
         fresh=raw["fresh"],
         env_file=env_path,
         slurm_job_id=slurm_job_id,
@@ -532,14 +563,25 @@ def _split_url(label: str, url: str) -> SplitResult:
     _no_whitespace(label, url, _shown_url(url))  # urlsplit drops tabs and newlines without a word
     try:
         parts = urlsplit(url)
-        _ = parts.port  # urlsplit checks the port only when asked
     except ValueError as error:
-        reason = "URL has a bad port" if "port" in str(error).lower() else f"not a valid URL ({error})"
-        raise ConfigError(label, _shown_url(url), reason) from None
+        raise ConfigError(label, _shown_url(url), f"not a valid URL ({error})") from None
+    port_text = _url_port_text(parts.netloc)
+    problem = None if port_text is None else _port_problem(port_text)
+    if problem:  # urlsplit takes port 0 and leading zeros
+        raise ConfigError(label, _shown_url(url), f"URL has a bad port ({problem})")
     host_and_port = parts.netloc.rpartition("@")[2]
     if host_and_port.startswith("[") and not re.fullmatch(r"\[[^\]]*\](:\d*)?", host_and_port):
         raise ConfigError(label, _shown_url(url), "not a valid URL (text after the bracketed address)")
     return parts
+
+
+def _url_port_text(netloc: str) -> str | None:
+    """The port as written in a URL's netloc (split as urlsplit splits it); None when there is no colon."""
+    host_and_port = netloc.rpartition("@")[2]
+    if host_and_port.startswith("["):
+        host_and_port = host_and_port.partition("]")[2]
+    _host, colon, port = host_and_port.partition(":")
+    return port if colon else None
 
 
 def _search_base_url(url: str | None, sources: Mapping[str, str]) -> str:
@@ -567,8 +609,55 @@ def _default_bind(host: str) -> str:
     return "127.0.0.1" if host in ("localhost", "") else host
 
 
+_SOURCE_RANK = ("flag", "environment", ".env", "default")  # what wins, first to last
+
+
+def _rank(source: str) -> int:
+    return _SOURCE_RANK.index(source.partition(" ")[0])  # "environment (ALIAS)" ranks as "environment"
+
+
+def _api_key(raw: Mapping[str, Any], sources: Mapping[str, str]) -> str | None:
+    """The server's key: VLLM_API_KEY or the file BFCL_EXT_API_KEY_FILE names, whichever was set at the
+    higher precedence (both at the same level is refused: which one is meant cannot be known)."""
+    key_file: Path | None = raw["api_key_file"]
+    if key_file is None:
+        return raw["api_key"]
+    file_label = _label("api_key_file", sources)
+    if raw["api_key"] is not None:
+        key_rank, file_rank = _rank(sources["api_key"]), _rank(sources["api_key_file"])
+        if key_rank == file_rank:
+            raise ConfigError(file_label, str(key_file), f"VLLM_API_KEY is set as well ({sources['api_key']}): "
+                              "set one of them")
+        if key_rank < file_rank:
+            return raw["api_key"]
+    return read_key_file(file_label, key_file)
+
+
+def read_key_file(label: str, path: Path) -> str:
+    """The key a file holds: its one line, without the line end. Errors name the path, never the content."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(label, str(path), f"cannot read the key file ({reason})") from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise ConfigError(label, str(path), f"larger than {MAX_KEY_FILE_BYTES // 1024} KiB: not a key file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(label, str(path), "not UTF-8 text: not a key file") from None
+    key = text.removesuffix("\n").removesuffix("\r")
+    if not key.strip():
+        raise ConfigError(label, str(path), "the key file is empty")
+    if key.strip() != key or any(char in key for char in "\r\n"):
+        raise ConfigError(label, str(path), "the key file must hold the key alone, on one line (its content is not "
+                          "shown)")
+    return key
+
+
 def _endpoint(raw: dict[str, Any], sources: dict[str, str]) -> Endpoint:
-    api_key = raw["api_key"]
+    api_key = _api_key(raw, sources)
     if raw["base_url"]:
         label = _label("base_url", sources)
         return Endpoint(_checked_url(label, raw["base_url"], None), api_key)

@@ -91,7 +91,7 @@ class AuthFailure(NotReadyError):
         if key_sent:
             what = "the server rejected the API key; set VLLM_API_KEY to the key the server was started with"
         else:
-            what = "no API key was sent; set VLLM_API_KEY (or --api-key) to the server's key"
+            what = "no API key was sent; set VLLM_API_KEY (or --api-key-file) to the server's key"
         super().__init__(f"{url} answered {status}: {what}")
         self.url = url
         self.status = status

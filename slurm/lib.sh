@@ -112,11 +112,17 @@ choose_port() {
     return 1
 }
 
-# curl_api ARGS...: curl with the bearer key from VLLM_API_KEY (read from stdin, never in argv)
-# and no proxy (the server is inside the cluster).
+# curl_api ARGS...: curl with the bearer key from VLLM_API_KEY, else from the file
+# BFCL_EXT_API_KEY_FILE names (read from stdin, never in argv), and no proxy (the server is inside
+# the cluster).
 curl_api() {
-    if [ -n "${VLLM_API_KEY:-}" ]; then
-        printf 'header = "Authorization: Bearer %s"\n' "$VLLM_API_KEY" | curl --config - --noproxy '*' "$@"
+    local key=${VLLM_API_KEY:-}
+    if [ -z "$key" ] && [ -n "${BFCL_EXT_API_KEY_FILE:-}" ] && [ -r "$BFCL_EXT_API_KEY_FILE" ]; then
+        IFS= read -r key <"$BFCL_EXT_API_KEY_FILE" || true
+        key=${key%$'\r'}
+    fi
+    if [ -n "$key" ]; then
+        printf 'header = "Authorization: Bearer %s"\n' "$key" | curl --config - --noproxy '*' "$@"
     else
         curl --noproxy '*' "$@"
     fi

@@ -42,6 +42,7 @@ ROWS = [
     ("VLLM_PORT", "8123", "endpoint.base_url", "http://localhost:8123/v1"),
     ("VLLM_BASE_URL", "https://gw.example.org/team/llm/v1", "endpoint.base_url", "https://gw.example.org/team/llm/v1"),
     ("VLLM_API_KEY", "sk-123", "endpoint.api_key", "sk-123"),
+    ("BFCL_EXT_API_KEY_FILE", "", "api_key_file", None),  # empty: unset (a real file: the key-file tests below)
     ("BFCL_EXT_SKIP_VLLM", "1", "skip_vllm", True),
     ("BFCL_EXT_OUTPUT_DIR", "/tmp/out", "output_dir", Path("/tmp/out")),
     ("BFCL_EXT_WAIT_TIMEOUT", "90", "wait_timeout", 90.0),
@@ -491,3 +492,83 @@ def test_a_wandb_upload_without_wandb_is_refused_before_the_run(capsys, tmp_path
                     "which is not installed: pip install wandb, or unset it")
     assert not (tmp_path / "out").exists()
     assert settings(environ={"WANDB_BFCL_PROJECT": "ENTITY:PROJECT"}).wandb_project is None
+
+
+# ---------------------------------------------------------------- issue 11 F7, F8: ports and the key file
+
+
+@pytest.mark.parametrize("port", [" 18099", "18099 ", "+18099", "-1", "１８０９９", "0", "018099", "00", "", "8e3"])
+def test_a_port_is_plain_ascii_digits_from_1_to_65535(port):
+    with pytest.raises(ConfigError, match="^VLLM_PORT="):
+        settings(environ={"VLLM_PORT": port})
+    with pytest.raises(ConfigError, match="URL has a bad port|contains whitespace"):
+        settings(environ={"VLLM_BASE_URL": f"http://127.0.0.1:{port}/v1"})
+
+
+@pytest.mark.parametrize("url", ["http://h:/v1", "http://h:80:90/v1", "http://[::1]:0/v1", "http://u:p@h:0/v1"])
+def test_a_url_port_that_is_empty_doubled_or_zero_is_refused(url):
+    with pytest.raises(ConfigError, match="URL has a bad port"):
+        settings(environ={"VLLM_BASE_URL": url})
+
+
+def test_good_ports_still_work():
+    assert settings(environ={"VLLM_PORT": "65535"}).endpoint.port == 65535
+    assert settings(environ={"VLLM_BASE_URL": "http://[::1]:1/v1"}).endpoint.port == 1
+    assert settings(environ={"VLLM_BASE_URL": "https://h/v1"}).endpoint.port == 443
+
+
+def test_the_key_file_is_read_without_its_line_end_and_its_path_recorded(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file\r\n")
+    s = settings(flags={"api_key_file": str(key_file)})
+    assert s.endpoint.api_key == "sk-from-file"
+    assert s.redacted()["api_key"] == "<redacted>" and "sk-from-file" not in str(s.redacted())
+    assert settings(environ={"BFCL_EXT_API_KEY_FILE": str(key_file)}).endpoint.api_key == "sk-from-file"
+
+
+def test_the_key_file_and_vllm_api_key_follow_the_precedence(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file\n")
+    (tmp_path / ".env").write_text("VLLM_API_KEY=sk-from-dotenv\n")
+    assert settings(flags={"api_key_file": str(key_file)}, environ={"VLLM_API_KEY": "e"}).endpoint.api_key == (
+        "sk-from-file")
+    assert settings(environ={"BFCL_EXT_API_KEY_FILE": str(key_file)}).endpoint.api_key == "sk-from-file"
+    assert settings(environ={"VLLM_API_KEY": "sk-env", "BFCL_EXT_API_KEY_FILE": ""}).endpoint.api_key == "sk-env"
+    with pytest.raises(ConfigError, match="VLLM_API_KEY is set as well"):
+        settings(environ={"VLLM_API_KEY": "sk-env", "BFCL_EXT_API_KEY_FILE": str(key_file)})
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"", "empty"), (b"\n", "empty"), (b"  \n", "empty"), (b" sk-secret-k\n", "alone, on one line"),
+    (b"sk-secret-k\nmore\n", "alone, on one line"), (b"\xff\xfe", "not UTF-8"), (b"x" * 70000, "larger than"),
+])
+def test_a_bad_key_file_names_its_path_never_its_content(tmp_path, content, reason):
+    key_file = tmp_path / "key"
+    key_file.write_bytes(content)
+    with pytest.raises(ConfigError, match=reason) as caught:
+        settings(flags={"api_key_file": str(key_file)})
+    assert str(key_file) in str(caught.value) and "sk-secret-k" not in str(caught.value)
+
+
+def test_api_key_on_the_command_line_is_refused_without_echoing_it(capsys):
+    for argv in (["run", "--api-key", "sk-flag-9"], ["check", "--api-key=sk-flag-9"]):
+        assert cli.main(argv, {}) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bfcl-ext: error: --api-key is refused") and "sk-flag-9" not in err
+        assert len(err.splitlines()) == 1 and "VLLM_API_KEY" in err and "--api-key-file" in err
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["run", "--model"], "bfcl-ext: error: --model: expected a value after it"),
+    (["run", "--temperature", "-inf"], "bfcl-ext: error: --temperature='-inf': a value starting with '-' must be "
+     "joined to its flag: write --temperature=-inf"),
+    (["run", "--temp", "-inf"], "bfcl-ext: error: --temp='-inf': a value starting with '-' must be joined"),
+    (["run", "--nope=1"], "bfcl-ext: error: unknown argument '--nope=1' (bfcl-ext run --help lists them)"),
+    (["run", "--password=hunter2"], "bfcl-ext: error: unknown argument --password=<redacted>"),
+    (["nope"], "bfcl-ext: error: argument COMMAND: invalid choice: 'nope'"),
+])
+def test_argparse_errors_are_one_line_without_usage(capsys, argv, line):
+    assert cli.main(argv, {}) == 2
+    captured = capsys.readouterr()
+    assert len(captured.err.splitlines()) == 1 and captured.err.startswith(line), captured.err
+    assert "usage:" not in captured.err + captured.out and "hunter2" not in captured.err

@@ -18,7 +18,8 @@ from tests.support.docker_env import REPO_ROOT, compose_command, docker_environm
 # Settings of the managed mode (compose's runner never launches vLLM) and those compose sets itself.
 NOT_FOR_THE_COMPOSE_RUNNER = {"BFCL_EXT_VLLM_COMMAND", "BFCL_EXT_VLLM_ARGS", "BFCL_EXT_VLLM_BIND",
                               "BFCL_EXT_STOP_GRACE", "BFCL_EXT_SKIP_VLLM", "BFCL_EXT_OUTPUT_DIR",
-                              "BFCL_EXT_SERVER_IMAGE"}
+                              "BFCL_EXT_SERVER_IMAGE",
+                              "BFCL_EXT_API_KEY_FILE"}  # a host path: compose hands the runner VLLM_API_KEY
 
 
 def _example_keys() -> list[str]:
