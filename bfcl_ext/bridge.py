@@ -716,15 +716,18 @@ def _clean_lines(path: Path, dropped: dict[str, int], known: set[str] | None) ->
     kept: list[str] = []
     raw = path.read_bytes()
     changed = bool(raw) and not raw.endswith(b"\n")
-    for line in raw.decode("utf-8", errors="replace").splitlines():
+    # split on "\n" only: str.splitlines() also splits at U+2028 and U+0085, which a JSON line written
+    # with ensure_ascii=False (upstream's) may hold unescaped
+    for raw_line in filter(None, raw.split(b"\n")):
         try:
+            line = raw_line.decode("utf-8")
             entry = json.loads(line)
             entry_id = entry["id"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
             dropped["torn_lines"] += 1
             changed = True
             continue
-        if known is not None and (not isinstance(entry_id, str) or entry_id not in known):
+        if not isinstance(entry_id, str) or (known is not None and entry_id not in known):
             dropped["unknown_ids"] += 1
             changed = True
         elif entry_id in seen:
@@ -892,7 +895,7 @@ def sort_result_files(session: Session, entries: Sequence[dict[str, Any]]) -> No
     for path in result_files(session):
         if path not in ours:
             continue
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
         ordered = [line for _, line in sorted(((sort_key(json.loads(line)), line) for line in lines),
                                               key=lambda pair: pair[0])]
         if ordered != lines:
@@ -961,8 +964,8 @@ def _checkpoint(folder: Path, entry_id: str) -> bytes | None:
 def _forget_answers(session: Session, ids: set[str]) -> None:
     """Drop these entries' lines from the result files (atomically), so that they are asked again."""
     for path in result_files(session):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        kept = [line for line in lines if not line.strip() or json.loads(line)["id"] not in ids]
+        lines = [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+        kept = [line for line in lines if json.loads(line)["id"] not in ids]
         if len(kept) != len(lines):
             _atomic_write_lines(path, kept)
 

@@ -128,7 +128,7 @@ def _leave_out_unselected(files: dict[str, bytes], summary: Mapping[str, Any], o
         ids = allowed.get(name[len(prefix):])
         if ids is None:
             continue
-        lines = files[name].decode("utf-8", errors="replace").splitlines()
+        lines = _text_lines(files[name])
         kept = [line for line, entry_id in zip(lines, _result_line_ids(files[name]), strict=True)
                 if entry_id is None or entry_id in ids]  # a line without an id stays: verify names it
         if len(kept) != len(lines):
@@ -204,15 +204,19 @@ def _collect(output_dir: Path, exclude: Path | None, warnings: list[str]) -> dic
 
 
 def _walk(output_dir: Path, base: Path, skip: Path | None) -> dict[str, bytes]:
-    """Every regular file under ``base``: no links, no lock files or temporaries."""
+    """Every regular file under ``base``, no lock files or temporaries. A link is refused, not left out:
+    a run follows a link at a result path, so the bundle would lack answers it scored."""
     files: dict[str, bytes] = {}
     for directory, subdirs, names in os.walk(base, followlinks=False):
         subdirs[:] = sorted(d for d in subdirs if not _is_temporary(d))
         for name in sorted(names):
             path = Path(directory) / name
-            if _is_temporary(name) or path.is_symlink() or not path.is_file() or path.resolve() == skip:
-                continue
             relative = path.relative_to(output_dir).as_posix()
+            if path.is_symlink() and not _is_temporary(name):
+                raise ConfigError(OUTPUT_SETTING, str(output_dir), f"cannot bundle {relative!r}: a symbolic link "
+                                  "(a bundle holds regular files only: put the file itself there)")
+            if _is_temporary(name) or not path.is_file() or path.resolve() == skip:
+                continue
             problem = _name_problem(relative)
             if problem:
                 raise ConfigError(OUTPUT_SETTING, str(output_dir), f"cannot bundle {relative!r}: {problem}")
@@ -744,10 +748,16 @@ def recorded_limit(summary: Mapping[str, Any]) -> int | None:
     raise ValueError(f"summary.json records limit {limit!r}, not a positive integer")
 
 
+def _text_lines(data: bytes) -> list[str]:
+    """A JSON-lines file's lines: split at "\n" only (str.splitlines() also splits at U+2028 and U+0085,
+    which a line written with ensure_ascii=False may hold unescaped)."""
+    return data.decode("utf-8", errors="replace").removesuffix("\n").split("\n") if data else []
+
+
 def _result_line_ids(data: bytes) -> list[str | None]:
     """Each line's id (None: a line that is no JSON object with a text id)."""
     ids: list[str | None] = []
-    for line in data.decode("utf-8", errors="replace").splitlines():
+    for line in _text_lines(data):
         try:
             entry_id = json.loads(line).get("id")
         except (ValueError, AttributeError):
@@ -846,7 +856,7 @@ def _header(header: Mapping[str, Any]) -> dict[str, Any]:
 
 def _json_lines(path: Path) -> list[Any] | None:
     try:
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
     except (OSError, ValueError):
         return None
 

@@ -150,7 +150,7 @@ def result_lines(output_dir: Path) -> list[dict[str, Any]]:
     """Every line of every BFCL result file under ``output_dir`` (each must parse)."""
     lines: list[dict[str, Any]] = []
     for path in sorted((output_dir / "result").rglob("*_result.json")):
-        lines.extend(json.loads(line) for line in path.read_text().splitlines() if line.strip())
+        lines.extend(json.loads(line) for line in path.read_text().split("\n") if line.strip())
     return lines
 
 
