@@ -861,12 +861,17 @@ class _Handler(BaseHTTPRequestHandler):
         digest = hashlib.sha256(token.encode()).digest()
         return secrets.compare_digest(digest, hashlib.sha256(key.encode()).digest())
 
-    def _send_json(self, status: HTTPStatus, payload: Any, headers: dict[str, str] | None = None) -> None:
-        self._send(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json", headers)
+    def _send_json(
+        self, status: HTTPStatus, payload: Any, headers: dict[str, str] | None = None, trickle: float = 0.0
+    ) -> None:
+        self._send(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json", headers, trickle)
 
     def _send(
-        self, status: HTTPStatus, data: bytes, content_type: str | None, headers: dict[str, str] | None = None
+        self, status: HTTPStatus, data: bytes, content_type: str | None, headers: dict[str, str] | None = None,
+        trickle: float = 0.0,
     ) -> None:
+        """The reply; with ``trickle``, its body one byte every ``trickle`` seconds (each read of the
+        client gets something, the reply never seems to end)."""
         self.send_response(status.value, status.phrase)
         if content_type:
             self.send_header("Content-Type", content_type)
@@ -874,8 +879,16 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
-        self.wfile.flush()
+        if trickle <= 0:
+            self.wfile.write(data)
+            self.wfile.flush()
+            return
+        for index in range(len(data)):
+            if self.server.dead:
+                return
+            self.wfile.write(data[index : index + 1])
+            self.wfile.flush()
+            time.sleep(trickle)
 
     def _drop(self) -> None:
         """Close the connection without an answer, as a crashed server does."""
@@ -972,22 +985,7 @@ class _Handler(BaseHTTPRequestHandler):
         state.count("ok", entry_id)
         if entry_id is None:
             state.count("unmatched")
-        if options.trickle > 0:
-            return self._trickle(json.dumps(payload).encode(), options.trickle)
-        self._send_json(HTTPStatus.OK, payload)
-
-    def _trickle(self, data: bytes, pause: float) -> None:
-        """The answer, one byte every ``pause`` seconds: each read of the client gets something."""
-        self.send_response(HTTPStatus.OK.value, HTTPStatus.OK.phrase)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        for index in range(len(data)):
-            if self.server.dead:
-                return
-            self.wfile.write(data[index : index + 1])
-            self.wfile.flush()
-            time.sleep(pause)
+        self._send_json(HTTPStatus.OK, payload, trickle=options.trickle)
 
     def _internal_error(self, message: str) -> None:
         self.server.state.count("errors")
