@@ -39,9 +39,11 @@ def run_args(standin: StandinProcess, output: Path, categories: str, *extra: str
 
 
 def ids_in(path: Path) -> list[str]:
+    """Ids of the finished lines of a result file that a live run may be halfway through writing."""
     if not path.exists():
         return []
-    return [json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()]
+    finished = path.read_text().split("\n")[:-1]
+    return [json.loads(line)["id"] for line in finished if line.strip()]
 
 
 # ---------------------------------------------------------------- memory: a kill never costs or repeats work
