@@ -7,7 +7,8 @@ registry entry at run time, the handler gets an OpenAI client configured by us (
 timeout, retries), and transport failures raise instead of being written down as answers.
 
 Import cost: ``expand_categories`` and ``dataset_path`` touch only light modules; everything
-else imports the evaluator (5-9 s), and needs ``use_project_root`` first.
+else imports the evaluator (about 1 s: the registry is read without its handlers, see
+registry.py), and needs ``use_project_root`` first.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bfcl_ext import registry
 from bfcl_ext.errors import ConfigError
 from bfcl_ext.provenance import sha256_file
 from bfcl_ext.reply_shape import message_problem
@@ -211,30 +213,31 @@ def use_project_root(root: Path) -> None:
 
 def registry_models() -> dict[str, dict[str, Any]]:
     """BFCL's own registry: name -> display name, mode, handler."""
-    from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING
-
     return {
         name: {
             "display_name": config.display_name,
             "function_calling": bool(config.is_fc_model),
-            "handler": config.model_handler.__name__,
+            "handler": registry.handler_name(config),
         }
-        for name, config in sorted(MODEL_CONFIG_MAPPING.items())
+        for name, config in sorted(_registry_table().items())
     }
 
 
 def is_registry_model(name: str) -> bool:
-    from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING
+    return name in _registry_table()
 
-    return name in MODEL_CONFIG_MAPPING
+
+def _registry_table() -> dict[str, Any]:
+    """bfcl-eval's MODEL_CONFIG_MAPPING, read without importing every handler (see registry.py)."""
+    return registry.registry_module().MODEL_CONFIG_MAPPING  # type: ignore[no-any-return]
 
 
 def _register_served_model(registry_name: str, served_name: str) -> None:
     """Make a model BFCL has never heard of scoreable in function-calling mode (chat + tools)."""
-    from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING, ModelConfig
     from bfcl_eval.model_handler.api_inference.openai_completion import OpenAICompletionsHandler
 
-    config = ModelConfig(
+    table = _registry_table()
+    config = registry.registry_module().ModelConfig(
         model_name=served_name,
         # upstream writes its leaderboard CSVs with ",".join, unquoted: a comma here would shift every column
         display_name=f"{served_name.replace(',', ';')} (FC; bfcl-ext)",
@@ -247,9 +250,9 @@ def _register_served_model(registry_name: str, served_name: str) -> None:
         is_fc_model=True,
         underscore_to_dot=True,  # tool names have '.' replaced by '_' on the way out
     )
-    MODEL_CONFIG_MAPPING[registry_name] = config
+    table[registry_name] = config
     # The evaluator maps result folder names back with '_' -> '/'; make that name resolve too.
-    MODEL_CONFIG_MAPPING.setdefault(registry_name.replace("/", "_").replace("_", "/"), config)
+    table.setdefault(registry_name.replace("/", "_").replace("_", "/"), config)
 
 
 # ---------------------------------------------------------------- the client bfcl-eval's handlers use
@@ -509,11 +512,10 @@ def model_to_load(model: str) -> str:
     """What a managed vLLM loads for ``model``: a BFCL registry name of a model served locally (one
     whose handler formats prompts on the client, e.g. ``Qwen/Qwen3-8B-FC``) names its Hugging Face
     model (``Qwen/Qwen3-8B``), as upstream serves it; any other name is loaded as given."""
-    from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING
     from bfcl_eval.model_handler.local_inference.base_oss_handler import OSSHandler
 
-    config = MODEL_CONFIG_MAPPING.get(model)
-    if config is None or not issubclass(config.model_handler, OSSHandler):
+    config = _registry_table().get(model)
+    if config is None or not issubclass(registry.handler_class(config), OSSHandler):
         return model
     return str(config.model_name)
 
@@ -524,13 +526,12 @@ def needs_tokenizer(session: Session) -> bool:
 
 def _new_handler(model: str, served_name: str, temperature: float) -> tuple[Any, bool]:
     """BFCL's handler for ``model``, without a client (a name BFCL does not know is registered first)."""
-    from bfcl_eval.constants.model_config import MODEL_CONFIG_MAPPING
-
-    registered = model not in MODEL_CONFIG_MAPPING
+    table = _registry_table()
+    registered = model not in table
     if registered:
         _register_served_model(model, served_name)
-    config = MODEL_CONFIG_MAPPING[model]
-    handler = _openai_compatible(model, config.model_handler)(
+    config = table[model]
+    handler = _openai_compatible(model, registry.handler_class(config))(
         model_name=config.model_name, temperature=temperature, registry_name=model, is_fc_model=config.is_fc_model
     )
     if not _is_prompt_handler(handler):
@@ -774,6 +775,7 @@ def answered_ids(session: Session) -> set[str]:
 
 def pending_entries(session: Session, entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Entries with no answer on disk yet, prepared the way upstream's generate prepares them."""
+    _registry_table()  # installed before _llm_response_generation imports it
     from bfcl_eval._llm_response_generation import (
         clean_up_memory_prereq_entries,
         populate_initial_settings_for_memory_test_cases,
@@ -1147,6 +1149,7 @@ def evaluate(
     ``selected``: the entries to score (the run's selection); answers on disk to other entries of
     the same category (an earlier run's, with a larger ``--limit``) are left as they are, unscored.
     """
+    _registry_table()  # installed before eval_runner imports it
     from bfcl_eval.eval_checker import eval_runner
     from bfcl_eval.eval_checker.eval_runner_helper import (
         generate_leaderboard_csv,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.conftest import read_json, run_bfcl_ext
+from tests.conftest import clean_environment, read_json, run_bfcl_ext
 from tests.support.vllm_cpu import free_port, save_in_hub_cache
 
 PROMPT_MODEL = "Qwen/Qwen3-0.6B"  # BFCL's QwenHandler: prompts formatted on the client, /v1/completions
@@ -150,3 +151,56 @@ def test_a_served_name_outside_the_registry_says_why_it_is_function_calling(stan
     assert done.returncode == 0, done.stderr[-3000:]
     assert ("bfcl-ext: scoring in function-calling: /v1/chat/completions with tools, the calls parsed by the "
             "server's tool parser: 'my-served-model' is not a BFCL registry name") in done.stderr.splitlines()
+
+
+
+# ---------------------------------------------------------------- start-up: the registry without every vendor SDK
+
+VENDOR_SDKS = ("anthropic", "cohere", "qwen_agent", "google.genai", "mistralai", "boto3", "writerai")
+# The CLI run in-process, then the vendor SDKs it imported on the way (generation and scoring).
+IN_PROCESS_RUN = f"""
+import json, sys
+from bfcl_ext import cli
+try:
+    code = cli.main(sys.argv[1:])
+except SystemExit as exit_:
+    code = exit_.code
+print(json.dumps({{"code": code, "vendor_sdks": [m for m in {VENDOR_SDKS!r} if m in sys.modules]}}))
+"""
+
+
+def _run_in_process(args: list[str], env: dict[str, str]) -> dict:
+    done = subprocess.run([sys.executable, "-c", IN_PROCESS_RUN, *args], capture_output=True, text=True,
+                          env=clean_environment(env), timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_a_function_calling_run_imports_no_vendor_sdk(standin_factory, tmp_path: Path) -> None:
+    """bfcl-eval's registry imports every handler, and every vendor SDK with it (5-9 s); bfcl-ext
+    reads it with the handlers deferred, through generation and scoring, single- and multi-turn."""
+    standin = standin_factory("--served-model-name", "my-served-model")
+    out = tmp_path / "out"
+    outcome = _run_in_process(
+        ["run", "--skip-vllm", "--model", "my-served-model", "--test-category", "simple_python,multi_turn_base",
+         "--limit", "2", "--output-dir", str(out)],
+        env={"VLLM_BASE_URL": standin.base_url},
+    )
+    assert outcome == {"code": 0, "vendor_sdks": []}
+    categories = read_json(out / "summary.json")["categories"]
+    assert categories["simple_python"]["correct"] == 2 and categories["multi_turn_base"]["total"] == 2
+
+
+def test_every_registry_row_names_a_handler_that_imports() -> None:
+    """The deferred registry is bfcl-eval's own table: every row, each handler a class of its module."""
+    code = (
+        "from bfcl_ext import registry\n"
+        "table = registry.registry_module().MODEL_CONFIG_MAPPING\n"
+        "classes = {name: registry.handler_class(config) for name, config in table.items()}\n"
+        "assert all(isinstance(cls, type) and cls.__name__ == registry.handler_name(table[name])\n"
+        "           for name, cls in classes.items())\n"
+        "print(len(classes))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout) > 100
