@@ -864,14 +864,16 @@ def _forget_tool_state(session: Session, entry: dict[str, Any]) -> None:
 def write_answer(session: Session, line: dict[str, Any]) -> None:
     """Append one answer; a single writer at a time, flushed before returning.
 
-    An answer that cannot be written (read-only folder, disk full, no permission, quota) raises
-    ``OutputError`` naming the file and the cause; a line cut short by a full disk is cut off
+    An answer that cannot be written (read-only folder, disk full, no permission, quota, something
+    other than a regular file put at its path) raises ``OutputError`` naming the file and the cause; a line cut short by a full disk is cut off
     again, so the file keeps whole lines only (and every answer written before).
     """
     from bfcl_ext.errors import OutputError
 
     path = result_path(session, line["id"])  # the file upstream's handler.write appends to
     with session.write_lock:
+        if os.path.lexists(path):
+            _require_regular_file(path)  # a FIFO put there mid-run would block handler.write's open forever
         try:
             size: int | None = path.stat().st_size
         except FileNotFoundError:

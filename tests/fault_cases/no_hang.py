@@ -14,6 +14,8 @@ How the faults are made, without privileges and without touching the machine:
   preflight wants 200 MiB free); once some answers are on disk, a filler file takes every page
   left: the next write that needs a page fails with ENOSPC, possibly half-way through a line. The
   tmpfs dies with the namespace, so the driver copies the output folder out before it ends.
+* a FIFO at a result file's path mid-run: the file is moved away and ``mkfifo`` made in its place;
+  then the file is put back and the same command run again.
 * exception in a worker, every worker gone: the real ``bfcl-ext`` run through a few lines of
   Python that patch it first (``bridge.answer`` raises on the 21st call; ``generation._worker``
   answers three entries and then leaves, the way a thread killed by a bug would).
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -209,6 +212,59 @@ def _make_fault(fault: str, mount: Path, out: Path) -> None:
     raise AssertionError("the tmpfs is not full")
 
 
+# ---------------------------------------------------------------- a FIFO swapped in mid-run
+
+
+def _fifo_swapped_in(context: Any) -> Outcome:
+    """Once some answers are on disk, the result file is moved away and a FIFO made at its path
+    (no reader: an open for writing blocks forever). Then the user puts the file back and reruns."""
+    standin = context.standin_factory("--latency", "0.05")
+    out = context.tmp_path / "out"
+    args, env = _run_args(out, standin.port)
+    argv = [sys.executable, "-m", "bfcl_ext", *args]
+    process = subprocess.Popen(argv, cwd=context.tmp_path, env=_clean_env(env), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    result_file = out / "result" / MODEL / "non_live" / f"BFCL_v4_{CATEGORY}_result.json"
+    moved = result_file.with_name("moved-away.jsonl")
+    deadline = time.monotonic() + HANG_S
+    while not (result_file.is_file() and len(_ids_on_disk(out)) >= FAULT_AFTER_LINES):
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before the fault"
+        time.sleep(0.01)
+    ids_at_fault = _ids_on_disk(out)
+    result_file.rename(moved)
+    os.mkfifo(result_file)
+    fault_at = time.monotonic()
+    try:
+        stdout, stderr = process.communicate(timeout=HANG_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise AssertionError(f"bfcl-ext still running {HANG_S}s after a FIFO took its result file's place")
+    stopped_after = time.monotonic() - fault_at
+    done = subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+    kept = [json.loads(line)["id"] for line in moved.read_bytes().split(b"\n")[:-1]]
+    result_file.unlink()
+    moved.rename(result_file)
+    rerun = subprocess.run(argv, cwd=context.tmp_path, env=_clean_env(env), capture_output=True, text=True,
+                           timeout=HANG_S, check=False)
+    notes = {"ids_at_fault": ids_at_fault, "kept": kept, "stopped_after_fault_s": stopped_after,
+             "result_file": str(result_file), "rerun": rerun}
+    return Outcome(done, out, notes=notes)
+
+
+def _check_fifo_swapped_in(outcome: Outcome) -> None:
+    notes = outcome.notes
+    line = _error_line(outcome.done.stderr)
+    assert f"{notes['result_file']}: not a regular file (a FIFO)" in line, line
+    assert notes["stopped_after_fault_s"] < STOP_AFTER_FAULT_S, notes
+    assert set(notes["ids_at_fault"]) <= set(notes["kept"]), "answers written before the FIFO came are gone"
+    assert len(notes["kept"]) < 400
+    rerun = notes["rerun"]
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert outcome.output_dir is not None
+    assert sorted(_ids_on_disk(outcome.output_dir)) == sorted(f"{CATEGORY}_{n}" for n in range(400))
+    assert f"{len(notes['kept'])} already answered" in rerun.stderr, rerun.stderr[-2000:]
+
+
 # ---------------------------------------------------------------- a worker raises; every worker gone
 
 
@@ -293,6 +349,8 @@ CASES = [
     Case("disk fills up during the run (201 MiB tmpfs, then a filler)", SECTION,
          lambda context: _in_namespace(context, "disk-full"), 6, "No space left on device",
          _check_result_file_named("No space left on device")),
+    Case("a FIFO (mkfifo) put at a result file's path during the run, then the file put back", SECTION,
+         _fifo_swapped_in, 6, "not a regular file (a FIFO)", _check_fifo_swapped_in),
     Case("an exception in a worker thread", SECTION,
          lambda context: _injected(context, INJECT_RAISE), 1, "internal error in a worker while answering",
          _check_worker_raise),
