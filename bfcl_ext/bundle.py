@@ -11,8 +11,11 @@ Verifying never trusts the archive: the gzip stream is read to its end (a trunca
 there), every member is checked before anything is written (a name that climbs out with ``..``,
 an absolute name, a link, a device: refused), and regular files are then written one by one,
 inside a temporary folder that is removed afterwards. Then: checksums, the bfcl-eval version and
-its datasets, and a re-score of the bundled answers with BFCL's checker, compared with every score
-the bundle records. Only this last step imports the evaluator (through ``bridge``).
+its datasets, that the answers are those of the selection summary.json claims (its categories and
+``limit``: no answer to an entry outside it, and one to every entry of it but those the summary
+records as unanswered), and a re-score of the bundled answers with BFCL's checker, compared with
+every score the bundle records. The selection and the re-score are the evaluator's own (its
+datasets and checker, through ``bridge``), never re-implemented here.
 
 A bundle vouches for everything it carries, and it carries one model: the run's. Why not re-score
 every model a folder holds instead: the bundle's summary.json, manifest.json and dataset hashes
@@ -481,6 +484,7 @@ def verify(archive: Path) -> VerifyReport:
         version = _check_bfcl_eval(archive, manifest)
         _check_datasets(archive, manifest)
         _check_answers_carried(archive, root, summary, model)
+        _check_selection_answered(archive, root, summary, model)
         scores = _check_rescore(archive, root, Path(workdir), summary, model, served)
     return VerifyReport(archive, count, version, scores)
 
@@ -635,6 +639,73 @@ def _check_answers_carried(archive: Path, root: Path, summary: Mapping[str, Any]
             scope = f" (--limit {limit})" if limit else ""
             raise VerificationError(f"{archive}: {shown} holds answers to entries the run did not select{scope}: "
                                     f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+
+
+def _check_selection_answered(archive: Path, root: Path, summary: Mapping[str, Any], model: str) -> None:
+    """The bundle answers the whole selection its summary.json claims, and records what it does not.
+
+    The selection follows from the summary's own record, as ``run`` makes it: its categories, the
+    first ``limit`` entries of each (every entry without a limit, memory prerequisites included).
+    A category the summary scores has an answer to each of them (``run`` scores no other); one it
+    leaves unscored (a run that ended with exit 4, or was interrupted: ``bundle`` packs those too,
+    with a warning) records its selection's size as ``total`` and exactly how many of those have no
+    answer as ``missing``. A ``complete`` status, and the ``entries`` counts, follow from the same
+    selection. So raising ``limit`` by hand, or removing it to claim a full run, is refused.
+    """
+    from bfcl_ext import bridge
+
+    recorded = summary.get("categories") or {}
+    if not isinstance(recorded, dict):
+        raise VerificationError(f"{archive}: summary.json 'categories' is not an object")
+    try:
+        limit = recorded_limit(summary)
+    except ValueError as error:
+        raise VerificationError(f"{archive}: {error}") from None
+    known = set(bridge.expand_categories(["all"]))
+    for category, record in recorded.items():
+        if category not in known:
+            raise VerificationError(f"{archive}: summary.json records category {category!r}, which bfcl-eval "
+                                    f"{bridge.installed_version()} does not have: verify cannot tell its entries")
+        if not isinstance(record, dict):
+            raise VerificationError(f"{archive}: summary.json category {category!r} is not an object")
+    selection: dict[str, list[str]] = {category: [] for category in recorded}
+    for entry in bridge.load_entries(_ordered_categories(list(recorded)), limit):
+        selection.setdefault(bridge.category_of(entry["id"]), []).append(entry["id"])
+    results = root / "result" / model_dir_name(model)
+    answered = {entry_id for path in (sorted(results.rglob("*_result.json")) if results.is_dir() else [])
+                for entry_id in _result_line_ids(path.read_bytes()) if entry_id is not None}
+    claim = f"the first {limit} entries" if limit else "every entry, no limit"
+    scope = f"--limit {limit}" if limit else "no limit"
+    unanswered = 0
+    selected = sum(len(selection.get(category, [])) for category in recorded)
+    for category, record in recorded.items():
+        ids = selection.get(category, [])
+        missing = [entry_id for entry_id in ids if entry_id not in answered]
+        unanswered += len(missing)
+        have = f"the bundle answers {len(ids) - len(missing)}"
+        if missing:
+            have += f": no answer to {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        if record.get("accuracy") is not None:
+            if missing:
+                raise VerificationError(f"{archive}: {category}: summary.json claims {claim} ({len(ids)} to "
+                                        f"answer) and scores them, {have}")
+            continue
+        if record.get("total") != len(ids):
+            raise VerificationError(f"{archive}: {category}: summary.json records a total of {record.get('total')!r}"
+                                    f" for {claim}, which are {len(ids)} to answer")
+        if record.get("missing") != len(missing):
+            raise VerificationError(f"{archive}: {category}: summary.json records {record.get('missing')!r} "
+                                    f"without an answer among {claim} ({len(ids)} to answer), {have}")
+    if summary.get("status") == "complete" and unanswered:
+        raise VerificationError(f"{archive}: summary.json records status 'complete', but {unanswered} of the "
+                                f"{selected} entries it selects ({scope}) have no answer in the bundle")
+    entries = summary.get("entries")
+    if isinstance(entries, dict):
+        for field_name, value in (("selected", selected), ("answered", selected - unanswered)):
+            if field_name in entries and entries[field_name] != value:
+                raise VerificationError(
+                    f"{archive}: summary.json entries.{field_name} records {entries[field_name]!r}, but it selects "
+                    f"{selected} entries ({scope}), {selected - unanswered} of them answered in the bundle")
 
 
 def _check_rescore(

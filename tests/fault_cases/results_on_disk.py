@@ -11,6 +11,12 @@ and records is exactly the entries the run selected:
   a limit but whose scores cover more answers does not;
 * a bundle carrying answers of a category its run neither records nor scores is refused by verify
   (exit 5): it would vouch for answers it never re-scores;
+* a bundle answers the whole selection its summary.json claims: a ``--limit 5`` run's summary
+  edited to ``limit: 10``, or its limit removed (a claimed full run), is refused by verify (exit 5,
+  the category and how many of the claimed entries the bundle answers named), while the honest
+  ``--limit 5`` bundle verifies; so does an honest run that ended with exit 4 (its unanswered
+  entries recorded as ``missing``; bundle packs it with a warning), but not once its summary is
+  edited to claim it complete;
 * a FIFO, a folder or a link to something that is not a regular file at a result path: one line
   naming the path, exit 6, no hang (a link to a regular file is followed).
 """
@@ -27,6 +33,7 @@ from bfcl_ext import bundle as bundles
 from bfcl_ext.errors import EXIT_VERIFY_FAILED
 from tests.conftest import read_json, run_bfcl_ext
 from tests.fault_cases import Case, Outcome
+from tests.fault_cases._helpers import dataset_ids
 
 SECTION = "issue 11: every number honest"
 MODEL = "bfcl-ext-standin"
@@ -159,6 +166,130 @@ def _another_categorys_answers_added_to_the_bundle(ctx: Any) -> Outcome:
     return Outcome(run_bfcl_ext(["verify", str(forged)], cwd=ctx.tmp_path, timeout=300))
 
 
+# ---------------------------------------------------------------- the selection a summary claims
+
+
+def _forged_summary(ctx: Any, archive: Path, edit: Any) -> Outcome:
+    """``archive`` with its summary.json edited by ``edit(summary)``, SHA256SUMS rewritten to match, verified."""
+    files = _members(archive)
+    summary = json.loads(files["summary.json"])
+    edit(summary)
+    files["summary.json"] = json.dumps(summary, indent=2).encode()
+    files[bundles.SUMS] = bundles.checksum_list(files)
+    forged = ctx.tmp_path / "forged.tar.gz"
+    bundles.write_archive(files, forged)
+    return Outcome(run_bfcl_ext(["verify", str(forged)], cwd=ctx.tmp_path, timeout=300),
+                   notes={"summary": summary, "members": files})
+
+
+def _an_honest_limit_bundle(ctx: Any) -> Outcome:
+    _, out = _first_run(ctx, 5)
+    verified = run_bfcl_ext(["verify", str(_bundle(ctx, out))], cwd=ctx.tmp_path, timeout=300)
+    return Outcome(verified, out, _ids(5), notes={"summary": read_json(out / "summary.json")})
+
+
+def _check_the_honest_limit_verified(outcome: Outcome) -> None:
+    summary = outcome.notes["summary"]
+    assert (summary["limit"], summary["partial"], summary["status"]) == (5, True, "complete"), summary
+    assert f"{CATEGORY} 100.00% (5/5)" in outcome.done.stdout, outcome.done.stdout
+
+
+def _the_limit_raised_by_hand(ctx: Any) -> Outcome:
+    """A --limit 5 run whose bundled summary.json is edited to say --limit 10, sums rewritten."""
+    _, out = _first_run(ctx, 5)
+    return _forged_summary(ctx, _bundle(ctx, out), lambda summary: summary.update(limit=10))
+
+
+def _the_limit_removed_by_hand(ctx: Any) -> Outcome:
+    """A --limit 5 run's bundled summary.json edited to claim a full run: no limit, not partial."""
+    _, out = _first_run(ctx, 5)
+
+    def edit(summary: dict[str, Any]) -> None:
+        del summary["limit"]
+        summary["partial"] = False
+
+    return _forged_summary(ctx, _bundle(ctx, out), edit)
+
+
+def _check_not_verified(outcome: Outcome) -> None:
+    assert outcome.done.stdout == "", outcome.done.stdout
+    assert outcome.notes["summary"]["categories"][CATEGORY]["total"] == 5, "the forgery kept the run's own scores"
+
+
+def _check_every_entry_named(outcome: Outcome) -> None:
+    _check_not_verified(outcome)
+    line = next(line for line in outcome.done.stderr.splitlines() if line.startswith("bfcl-ext: error:"))
+    assert f"claims every entry, no limit ({len(dataset_ids())} to answer) and scores them, the bundle answers 5: " \
+           f"no answer to {CATEGORY}_5, " in line, line
+
+
+def _an_honest_run_that_ended_with_exit_4(ctx: Any) -> Outcome:
+    """--limit 5 against a stand-in that answers half its completions with an unusable body (seeded dice,
+    one thread, no retries): some entries have no answer (exit 4, recorded as missing); bundled (a warning)
+    and verified."""
+    standin = ctx.standin_factory("--bad-reply-rate", "0.5", "--seed", "0")
+    out = ctx.tmp_path / "out"
+    failed = run_bfcl_ext(_run_args(standin.base_url, out, 5, "--num-threads", "1", "--max-retries", "0",
+                                    "--retry-rounds", "1"), cwd=ctx.tmp_path, timeout=240)
+    archive = ctx.tmp_path / "run.tar.gz"
+    bundled = run_bfcl_ext(["bundle", str(out), "-o", str(archive)], cwd=ctx.tmp_path, timeout=120)
+    verified = run_bfcl_ext(["verify", str(archive)], cwd=ctx.tmp_path, timeout=300)
+    summary = read_json(out / "summary.json")
+    return Outcome(verified, out, notes={"failed": failed, "bundled": bundled, "archive": archive, "summary": summary,
+                                         "unanswered": summary["entries"]["failed_ids"]})
+
+
+def _check_the_unanswered_recorded(outcome: Outcome) -> None:
+    failed, bundled, summary = outcome.notes["failed"], outcome.notes["bundled"], outcome.notes["summary"]
+    unanswered = outcome.notes["unanswered"]
+    assert failed.returncode == 4, failed.stderr[-2000:]
+    assert 0 < len(unanswered) < 5, f"the dice left {unanswered} unanswered: the row needs some answered, some not"
+    assert summary["status"] == "incomplete", summary["status"]
+    assert summary["categories"][CATEGORY] == {"accuracy": None, "correct": None, "total": 5,
+                                               "missing": len(unanswered)}, summary["categories"]
+    assert bundled.returncode == 0 and "the run's status is 'incomplete', not 'complete'" in bundled.stderr, \
+        bundled.stderr[-2000:]
+    assert outcome.done.stdout.startswith("verified "), outcome.done.stdout
+    ids = [json.loads(line)["id"] for line in _members(outcome.notes["archive"])[RESULT_FILE].decode().splitlines()]
+    assert sorted(ids) == sorted(set(_ids(5)) - set(unanswered)), ids
+
+
+def _an_exit_4_run_edited(ctx: Any, edit: Any) -> Outcome:
+    """That exit-4 run's bundle, its summary.json edited by ``edit``, sums rewritten."""
+    honest = _an_honest_run_that_ended_with_exit_4(ctx)
+    assert honest.done.returncode == 0, honest.done.stderr[-2000:]
+    forged = _forged_summary(ctx, honest.notes["archive"], edit)
+    forged.notes["unanswered"] = honest.notes["unanswered"]
+    return forged
+
+
+def _an_exit_4_run_edited_to_claim_complete(ctx: Any) -> Outcome:
+    def edit(summary: dict[str, Any]) -> None:
+        summary["status"] = "complete"
+        summary["categories"][CATEGORY]["missing"] = 0
+
+    return _an_exit_4_run_edited(ctx, edit)
+
+
+def _an_exit_4_run_edited_to_say_complete(ctx: Any) -> Outcome:
+    return _an_exit_4_run_edited(ctx, lambda summary: summary.update(status="complete"))
+
+
+def _error_line(outcome: Outcome) -> str:
+    assert outcome.done.stdout == "", outcome.done.stdout
+    return next(line for line in outcome.done.stderr.splitlines() if line.startswith("bfcl-ext: error:"))
+
+
+def _check_nothing_missing_refused(outcome: Outcome) -> None:
+    unanswered = outcome.notes["unanswered"]
+    assert f"the bundle answers {5 - len(unanswered)}: no answer to {', '.join(unanswered)}" in _error_line(outcome)
+
+
+def _check_complete_refused(outcome: Outcome) -> None:
+    assert f"but {len(outcome.notes['unanswered'])} of the 5 entries it selects (--limit 5) have no answer in the " \
+           "bundle" in _error_line(outcome)
+
+
 # ---------------------------------------------------------------- a result path that is not a regular file
 
 
@@ -211,6 +342,24 @@ CASES: list[Case] = [
     Case("a bundle carrying a result file of a category it never re-scores (multiple), checksummed",
          SECTION, _another_categorys_answers_added_to_the_bundle, EXIT_VERIFY_FAILED,
          f"bfcl-run/{OTHER_RESULT_FILE} holds answers of a category the run neither records nor scores"),
+    Case("an honest --limit 5 run, bundled: it verifies", SECTION, _an_honest_limit_bundle, 0, None,
+         _check_the_honest_limit_verified),
+    Case("a --limit 5 run's bundled summary.json edited to say limit 10 (sums rewritten)", SECTION,
+         _the_limit_raised_by_hand, EXIT_VERIFY_FAILED,
+         f"{CATEGORY}: summary.json claims the first 10 entries (10 to answer) and scores them, the bundle answers 5: "
+         f"no answer to {CATEGORY}_5, {CATEGORY}_6, {CATEGORY}_7, {CATEGORY}_8, {CATEGORY}_9", _check_not_verified),
+    Case("a --limit 5 run's bundled summary.json edited to claim a full run: limit removed, partial false", SECTION,
+         _the_limit_removed_by_hand, EXIT_VERIFY_FAILED, f"{CATEGORY}: summary.json claims every entry, no limit (",
+         _check_every_entry_named),
+    Case("a --limit 5 run that ended with exit 4 (some entries unanswered, recorded as missing), bundled: it verifies",
+         SECTION, _an_honest_run_that_ended_with_exit_4, 0, None, _check_the_unanswered_recorded),
+    Case("that exit-4 run's bundled summary.json edited to claim complete, nothing missing (sums rewritten)",
+         SECTION, _an_exit_4_run_edited_to_claim_complete, EXIT_VERIFY_FAILED,
+         f"{CATEGORY}: summary.json records 0 without an answer among the first 5 entries (5 to answer), the bundle "
+         "answers ", _check_nothing_missing_refused),
+    Case("that exit-4 run's bundled summary.json edited to say status complete, its counts kept (sums rewritten)",
+         SECTION, _an_exit_4_run_edited_to_say_complete, EXIT_VERIFY_FAILED,
+         "summary.json records status 'complete', but ", _check_complete_refused),
     Case("a FIFO (mkfifo) at a result file's path", SECTION, _at_the_result_path(_fifo), 6,
          "not a regular file (a FIFO)", _check_the_path_named),
     Case("a folder at a result file's path", SECTION, _at_the_result_path(_folder), 6,
