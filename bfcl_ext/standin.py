@@ -3,8 +3,9 @@
 It speaks the parts of vLLM's HTTP API that bfcl-eval uses, with vLLM 0.32's status codes
 and JSON shapes, and answers BFCL's single-turn questions from BFCL's own ground truth
 (``mode="oracle"``), or wrongly on purpose (``mode="wrong"``, ``"wrong-category:<cat>"``).
-Faults can be injected: a port that opens late, latency, 500s, 429s, replies with status 200 a
-client cannot use (``BAD_REPLY_KINDS``), a concurrency cap and a crash after N requests.
+Faults can be injected: a port that opens late, latency, replies that trickle in a byte at a time
+(the body, or the status line and headers), 500s, 429s, replies with status 200 a client cannot use
+(``BAD_REPLY_KINDS``), a concurrency cap and a crash after N requests.
 ``GET /standin/stats`` counts what it did, and what it was sent: ``request_fields`` counts each
 distinct set of request fields other than the question (``CONTENT_FIELDS``), as sorted JSON.
 Standard library only.
@@ -128,6 +129,7 @@ class StandinOptions:
     load_delay: float = 0.0
     latency: float = 0.0
     trickle: float = 0.0  # seconds between the bytes of each completion's body (a reply that never ends)
+    trickle_headers: float = 0.0  # the same for its status line and headers (sent before the body)
     error_rate: float = 0.0
     rate_limit_rate: float = 0.0
     bad_reply_rate: float = 0.0  # share of completions answered 200 with an unusable body
@@ -155,7 +157,7 @@ class StandinOptions:
         if unknown or not self.bad_reply_kinds:
             raise ValueError(f"bad_reply_kinds={','.join(self.bad_reply_kinds)!r}: expected one or more of "
                              f"{', '.join(BAD_REPLY_KINDS)}")
-        for name in ("load_delay", "latency", "trickle"):
+        for name in ("load_delay", "latency", "trickle", "trickle_headers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must not be negative")
         for name in ("max_concurrency", "die_after"):
@@ -862,33 +864,46 @@ class _Handler(BaseHTTPRequestHandler):
         return secrets.compare_digest(digest, hashlib.sha256(key.encode()).digest())
 
     def _send_json(
-        self, status: HTTPStatus, payload: Any, headers: dict[str, str] | None = None, trickle: float = 0.0
+        self, status: HTTPStatus, payload: Any, headers: dict[str, str] | None = None, trickle: float = 0.0,
+        trickle_headers: float = 0.0,
     ) -> None:
-        self._send(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json", headers, trickle)
+        self._send(status, json.dumps(payload, ensure_ascii=False).encode(), "application/json", headers, trickle,
+                   trickle_headers)
 
     def _send(
         self, status: HTTPStatus, data: bytes, content_type: str | None, headers: dict[str, str] | None = None,
-        trickle: float = 0.0,
+        trickle: float = 0.0, trickle_headers: float = 0.0,
     ) -> None:
         """The reply; with ``trickle``, its body one byte every ``trickle`` seconds (each read of the
-        client gets something, the reply never seems to end)."""
+        client gets something, the reply never seems to end); with ``trickle_headers``, its status line
+        and headers so, before the body. Every byte is sent in the end, as by a slow server."""
         self.send_response(status.value, status.phrase)
         if content_type:
             self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        self.end_headers()
+        if trickle_headers > 0:  # what end_headers() would write at once: the buffered head and its blank line
+            head, self._headers_buffer = b"".join(self._headers_buffer) + b"\r\n", []
+            if not self._trickle(head, trickle_headers):
+                return
+        else:
+            self.end_headers()
         if trickle <= 0:
             self.wfile.write(data)
             self.wfile.flush()
             return
+        self._trickle(data, trickle)
+
+    def _trickle(self, data: bytes, every: float) -> bool:
+        """``data`` one byte every ``every`` seconds; False if the server died on the way."""
         for index in range(len(data)):
             if self.server.dead:
-                return
+                return False
             self.wfile.write(data[index : index + 1])
             self.wfile.flush()
-            time.sleep(trickle)
+            time.sleep(every)
+        return True
 
     def _drop(self) -> None:
         """Close the connection without an answer, as a crashed server does."""
@@ -985,7 +1000,7 @@ class _Handler(BaseHTTPRequestHandler):
         state.count("ok", entry_id)
         if entry_id is None:
             state.count("unmatched")
-        self._send_json(HTTPStatus.OK, payload, trickle=options.trickle)
+        self._send_json(HTTPStatus.OK, payload, trickle=options.trickle, trickle_headers=options.trickle_headers)
 
     def _internal_error(self, message: str) -> None:
         self.server.state.count("errors")
@@ -1303,6 +1318,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each completion")
     parser.add_argument("--trickle", type=float, default=0.0, metavar="SECONDS",
                         help="send each completion's body one byte every SECONDS (a reply that never ends)")
+    parser.add_argument("--trickle-headers", type=float, default=0.0, metavar="SECONDS",
+                        help="send each completion's status line and headers one byte every SECONDS, then its "
+                        "body (at once, or as --trickle says)")
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of completions answered 500")
     parser.add_argument("--rate-limit-rate", type=float, default=0.0, help="share answered 429")
     parser.add_argument("--bad-reply-rate", type=float, default=0.0,
@@ -1352,6 +1370,7 @@ def _options_from(args: argparse.Namespace) -> StandinOptions:
         load_delay=args.load_delay,
         latency=args.latency,
         trickle=args.trickle,
+        trickle_headers=args.trickle_headers,
         error_rate=args.error_rate,
         rate_limit_rate=args.rate_limit_rate,
         bad_reply_rate=args.bad_reply_rate,

@@ -1,5 +1,6 @@
 """Rows: a reply that never ends. httpx's timeout bounds each read, so a server that sends a byte
-every second kept one request going for minutes; --request-timeout now bounds the whole reply."""
+every second (of its body, or of its status line and headers) kept one request going for minutes;
+--request-timeout now bounds the whole reply, headers included."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from tests.fault_cases._helpers import cli, dataset_ids, endpoint_env, run_args
 SECTION = "issue 11: no hang, ever"
 TIMEOUT = 2.0  # --request-timeout
 TRICKLE = 1.0  # seconds per byte: a reply of a few hundred bytes takes minutes
+HEADER_TRICKLE = 0.5  # seconds per byte of the status line and headers (about 130 bytes: a minute a try)
+TRIES = 2  # --max-retries 1
 
 
-def _trickled_replies(ctx: Any) -> Outcome:
-    standin = ctx.standin_factory("--trickle", str(TRICKLE))
+def _trickled_replies(ctx: Any, *trickle: str) -> Outcome:
+    standin = ctx.standin_factory(*(trickle or ("--trickle", str(TRICKLE))))
     out = ctx.tmp_path / "out"
     started = time.monotonic()
     done = cli(run_args(out, "--limit", "2", "--request-timeout", str(TIMEOUT), "--max-retries", "1",
@@ -34,7 +37,25 @@ def _check_bounded_and_unanswered(outcome: Outcome) -> None:
     assert outcome.notes["standin"].stats()["ok"] >= 4  # each try reached the stand-in, none came back whole
 
 
+def _trickled_headers(ctx: Any) -> Outcome:
+    return _trickled_replies(ctx, "--trickle-headers", str(HEADER_TRICKLE))
+
+
+def _check_headers_bounded(outcome: Outcome) -> None:
+    _check_bounded_and_unanswered(outcome)
+    # Each try gives up after about TIMEOUT: 2 entries x 2 tries x 2 s, plus start-up and the SDK's
+    # backoff, took 8 s here; bounded per read only, one try alone waits a minute for its headers.
+    assert outcome.notes["took"] < 45, outcome.notes["took"]
+    assert outcome.notes["standin"].stats()["ok"] == 2 * TRIES  # each try reached it once: not one came back
+    assert outcome.output_dir is not None
+    results = outcome.output_dir / "result"
+    on_disk = [line for path in results.rglob("*_result.json") for line in path.read_text().splitlines()]
+    assert not [line for line in on_disk if line.strip()], on_disk[:2]  # no answer for entries never answered
+
+
 CASES = [
     Case("replies that trickle a byte a second (--request-timeout 2 bounds the whole reply)", SECTION,
          _trickled_replies, 4, "2 entries have no answer after retries", check=_check_bounded_and_unanswered),
+    Case("replies whose status line and headers trickle a byte every 0.5 s (--request-timeout 2 bounds them too)",
+         SECTION, _trickled_headers, 4, "2 entries have no answer after retries", check=_check_headers_bounded),
 ]
