@@ -865,8 +865,9 @@ def write_answer(session: Session, line: dict[str, Any]) -> None:
     """Append one answer; a single writer at a time, flushed before returning.
 
     An answer that cannot be written (read-only folder, disk full, no permission, quota, something
-    other than a regular file put at its path) raises ``OutputError`` naming the file and the cause; a line cut short by a full disk is cut off
-    again, so the file keeps whole lines only (and every answer written before).
+    other than a regular file put at its path) raises ``OutputError`` naming the file and the
+    cause; a line cut short by a full disk is cut off again, so the file keeps whole lines only
+    (and every answer written before).
     """
     from bfcl_ext.errors import OutputError
 

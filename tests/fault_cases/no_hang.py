@@ -238,7 +238,7 @@ def _fifo_swapped_in(context: Any) -> Outcome:
         stdout, stderr = process.communicate(timeout=HANG_S)
     except subprocess.TimeoutExpired:
         process.kill()
-        raise AssertionError(f"bfcl-ext still running {HANG_S}s after a FIFO took its result file's place")
+        raise AssertionError(f"bfcl-ext still running {HANG_S}s after a FIFO took its result file's place") from None
     stopped_after = time.monotonic() - fault_at
     done = subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
     kept = [json.loads(line)["id"] for line in moved.read_bytes().split(b"\n")[:-1]]
