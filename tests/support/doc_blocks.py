@@ -9,6 +9,8 @@ layout (fence info ``text``) or commands (no info, ``bash`` or ``sh``). A comman
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +70,16 @@ def commands(text: str) -> list[str]:
     lines dropped): for a test that runs them one by one and looks at each result."""
     joined = re.sub(r"\\\n\s*", " ", text)
     return [line for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def new_users_checkout(target: Path) -> Path:
+    """This working tree as a new user gets it: the tracked and untracked, not ignored files (no
+    .venv, no caches, no results), modes kept."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO_ROOT, capture_output=True, check=True).stdout.decode()  # fmt: skip
+    for name in filter(None, listed.split("\0")):
+        source = REPO_ROOT / name
+        if source.is_file():  # a tracked file deleted in the working tree is gone for the user too
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
