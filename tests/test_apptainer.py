@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ import pytest
 
 from bfcl_ext import __version__ as BFCL_EXT_VERSION
 from bfcl_ext.provenance import sha256_file
+from tests.support.doc_blocks import doc_block
 from tests.support.docker_env import docker, run_docker
 from tests.support.tools import assert_tool_passes
 from tests.support.vllm_cpu import REPO_ROOT, free_port
@@ -54,6 +56,7 @@ RUNNER_DEF = REPO_ROOT / "apptainer" / "runner.def"
 VLLM_DEF = REPO_ROOT / "apptainer" / "vllm.def"
 CACHE = Path(os.environ.get("BFCL_EXT_TEST_CACHE") or REPO_ROOT / ".cache") / "apptainer"
 BUILDER_UID = 1000  # the tool image's non-root user
+HOME_IN_TOOL = "/home/builder"  # the tool user's home (its passwd entry), which Apptainer binds
 BFCL_EVAL_VERSION = re.search(r"^bfcl-eval==(\S+)", (REPO_ROOT / "requirements" / "runner.lock").read_text(), re.M)[1]
 MODEL = "org/smoke_model"
 SERVED_NAME = "tiny-qwen2"
@@ -240,23 +243,33 @@ class Sif:
 
 
 @pytest.fixture(scope="module")
-def runner_sif(tool_image: str) -> Sif:
-    image_id = _build_image(RUNNER_IMAGE, REPO_ROOT / "docker" / "runner" / "Dockerfile", REPO_ROOT,
-                            [f"PYTHON_BASE={LOCAL_PYTHON_BASE}"])  # fmt: skip
-    # The default compression (gzip), and the definition's %test run during the build.
-    return Sif(_build_sif("runner", RUNNER_DEF, RUNNER_IMAGE, image_id), image_id)
+def runner_image(tool_image: str) -> str:
+    """RUNNER_IMAGE built from docker/runner/Dockerfile; its id."""
+    return _build_image(RUNNER_IMAGE, REPO_ROOT / "docker" / "runner" / "Dockerfile", REPO_ROOT,
+                        [f"PYTHON_BASE={LOCAL_PYTHON_BASE}"])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def vllm_sif(tool_image: str) -> Sif:
+def vllm_image(tool_image: str) -> str:
+    """VLLM_IMAGE built from docker/vllm/Dockerfile on the CPU base; its id."""
     if run_docker("image", "inspect", VLLM_CPU_BASE, check=False).returncode != 0:
         pytest.fail(f"the CPU base {VLLM_CPU_BASE} is missing: run scripts/ci/build-vllm-cpu-base.sh before the "
                     "tests (about 3 minutes, then cached)")  # fmt: skip
     dockerfile = REPO_ROOT / "docker" / "vllm" / "Dockerfile"
-    image_id = _build_image(VLLM_IMAGE, dockerfile, dockerfile.parent, [f"VLLM_BASE={VLLM_CPU_BASE}"])
+    return _build_image(VLLM_IMAGE, dockerfile, dockerfile.parent, [f"VLLM_BASE={VLLM_CPU_BASE}"])
+
+
+@pytest.fixture(scope="module")
+def runner_sif(runner_image: str) -> Sif:
+    # The default compression (gzip), and the definition's %test run during the build.
+    return Sif(_build_sif("runner", RUNNER_DEF, RUNNER_IMAGE, runner_image), runner_image)
+
+
+@pytest.fixture(scope="module")
+def vllm_sif(vllm_image: str) -> Sif:
     # 3.8 GB of image: lz4 squashes it in 20 s where gzip takes 5 minutes on 2 CPUs; %test runs
     # below, with `apptainer test`.
-    return Sif(_build_sif("vllm", VLLM_DEF, VLLM_IMAGE, image_id, "--compression", "lz4", "--notest"), image_id)
+    return Sif(_build_sif("vllm", VLLM_DEF, VLLM_IMAGE, vllm_image, "--compression", "lz4", "--notest"), vllm_image)
 
 
 def apptainer(
@@ -366,6 +379,37 @@ def test_runner_sif_takes_settings_from_the_host_environment(runner_sif: Sif, st
     assert summary["endpoint"] == f"http://127.0.0.1:{standin.port}/v1"
 
 
+DOCS_HOST, DOCS_PORT, DOCS_MODEL = "gpu-node-17", 8000, "my-served-model"  # apptainer/README.md's runner block
+
+
+def test_the_readmes_runner_block_runs_as_written(runner_sif: Sif, standin_factory, tmp_path: Path) -> None:
+    """apptainer/README.md's "The runner" block, unchanged, in a folder holding runner.sif, with a
+    Hugging Face cache in $HOME (the tool user's, /home/builder); the stand-in plays my-served-model
+    at gpu-node-17:8000 (the tool container's /etc/hosts names this machine gpu-node-17; Apptainer
+    binds that file)."""
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", DOCS_PORT)) != 0, f"port {DOCS_PORT} is taken: the block needs it"
+    standin_factory("--served-model-name", DOCS_MODEL, port=DOCS_PORT)
+    work = _owned_by_builder(tmp_path / "work")
+    (work / "home" / ".cache" / "huggingface").mkdir(parents=True)
+    name = f"bfcl-ext-apptainer-docs-{uuid.uuid4().hex[:10]}"
+    command = [
+        docker(), "run", "--rm", "--name", name, "--network", "host", "--add-host", f"{DOCS_HOST}:127.0.0.1",
+        *SECURITY, *FUSE, "--volume", f"{work}:/work", "--volume", f"{runner_sif.path}:/work/runner.sif:ro",
+        # The entrypoint sets HOME from the tool user's passwd entry: the home is bound there.
+        "--volume", f"{work / 'home'}:{HOME_IN_TOOL}", "--workdir", "/work",
+        TOOL_IMAGE, "bash", "-e", "-x", "-c", doc_block("apptainer/README.md", "run-runner"),
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    finally:
+        subprocess.run([docker(), "rm", "-f", name], capture_output=True, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((work / "results" / "summary.json").read_text())
+    assert summary["endpoint"] == f"http://{DOCS_HOST}:{DOCS_PORT}/v1" and summary["model"] == DOCS_MODEL, summary
+    assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 400, "total": 400}, summary
+
+
 def test_runner_sif_without_a_bound_results_folder_says_how(runner_sif: Sif) -> None:
     done = apptainer(
         "run", "--containall", "/sif/runner.sif", "run", "--model", MODEL, "--test-category", "simple_python",
@@ -378,7 +422,6 @@ def test_runner_sif_without_a_bound_results_folder_says_how(runner_sif: Sif) -> 
 
 # ---------------------------------------------------------------- the host's Python stays out
 
-HOME_IN_TOOL = "/home/builder"  # the tool user's home (its passwd entry), which Apptainer binds
 TRAP = "HOST-PYTHON-TRAP"
 # What a host's Python environment would do inside the SIF (each points into the bound home).
 HOST_PYTHON_ENV = {
