@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import requests
+import httpx
 
 from bfcl_ext.config import Settings
 from bfcl_ext.endpoint import Endpoint
@@ -32,7 +32,11 @@ PROBE_TOOL = {
 
 
 def tool_call_round_trip(endpoint: Endpoint, model: str, timeout: float) -> dict[str, Any]:
-    """Send one chat request with a tool; return what came back (raises NotReadyError if refused)."""
+    """Send one chat request with a tool; return what came back (raises NotReadyError if refused).
+
+    ``timeout`` bounds the whole reply, as in a run (``reply_deadline``): a server that sends its
+    status line, headers or body a byte at a time gets a timeout once it has passed, not minutes
+    later."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": "What is the weather in Paris? Use the tool."}],
@@ -41,12 +45,16 @@ def tool_call_round_trip(endpoint: Endpoint, model: str, timeout: float) -> dict
         "temperature": 0.001,
         "max_tokens": 128,
     }
+    from bfcl_ext.reply_deadline import WholeReplyDeadline
+
     started = time.monotonic()
     try:
-        response = requests.post(
-            endpoint.url("/chat/completions"), json=body, headers=endpoint.auth_headers(), timeout=timeout
-        )
-    except requests.RequestException as error:
+        with httpx.Client(timeout=timeout, transport=WholeReplyDeadline(timeout)) as client:
+            response = client.post(endpoint.url("/chat/completions"), json=body, headers=endpoint.auth_headers())
+    except httpx.TimeoutException as error:
+        raise NotReadyError(f"tool-call request to {endpoint.base_url} failed: {type(error).__name__}: "
+                            f"no whole reply within {timeout:g}s (--request-timeout)") from None
+    except (httpx.HTTPError, httpx.InvalidURL) as error:
         raise NotReadyError(f"tool-call request to {endpoint.base_url} failed: {type(error).__name__}") from None
     latency = time.monotonic() - started
     if response.status_code != 200:
@@ -65,7 +73,7 @@ def tool_call_round_trip(endpoint: Endpoint, model: str, timeout: float) -> dict
             "content": message.get("content")}
 
 
-def _usable_message(response: requests.Response) -> tuple[dict[str, Any], str | None]:
+def _usable_message(response: httpx.Response) -> tuple[dict[str, Any], str | None]:
     """The reply's message, or what makes the reply unusable (what ``bfcl-ext run`` retries as a
     server fault): a body that is not JSON, no choices, a null message or one of the wrong shape
     (``reply_shape``), no usage."""
@@ -98,7 +106,7 @@ def _usable_message(response: requests.Response) -> tuple[dict[str, Any], str | 
     return message, None
 
 
-def _error_message(response: requests.Response) -> str:
+def _error_message(response: httpx.Response) -> str:
     try:
         payload = response.json()
     except ValueError:

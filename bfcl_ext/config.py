@@ -66,6 +66,9 @@ def _optional_text(_label: str, raw: str) -> str | None:
     return raw or None
 
 
+MAX_REQUEST_TIMEOUT = 1_000_000  # about 11 days; a socket timeout beyond about 1e10 s overflows (OverflowError)
+
+
 def _number(kind: type, low: float, high: float | None = None) -> Callable[[str, str], Any]:
     def parse(label: str, raw: str) -> Any:
         try:
@@ -256,7 +259,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("extra_body", "BFCL_EXT_EXTRA_BODY", "--extra-body", None, _unset_or(_extra_body),
            f"JSON object merged into each request body, e.g. '{THINKING_OFF_EXAMPLE}' "
            "(not model, messages, tools, ...)"),
-    Option("request_timeout", "BFCL_EXT_REQUEST_TIMEOUT", "--request-timeout", 600.0, _number(float, 1),
+    Option("request_timeout", "BFCL_EXT_REQUEST_TIMEOUT", "--request-timeout", 600.0,
+           _number(float, 1, MAX_REQUEST_TIMEOUT),
            "seconds one request may take before it counts as failed"),
     Option("max_retries", "BFCL_EXT_MAX_RETRIES", "--max-retries", 4, _number(int, 0, 50),
            "retries of one request on transport errors, 5xx and 429 (backoff with jitter, Retry-After)"),

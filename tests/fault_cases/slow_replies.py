@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.conftest import read_json
+from tests.conftest import read_json, run_bfcl_ext
 from tests.fault_cases import Case, Outcome
 from tests.fault_cases._helpers import cli, dataset_ids, endpoint_env, run_args
 
@@ -53,9 +53,61 @@ def _check_headers_bounded(outcome: Outcome) -> None:
     assert not [line for line in on_disk if line.strip()], on_disk[:2]  # no answer for entries never answered
 
 
+def _check_trickled(*trickle: str) -> Any:
+    """``bfcl-ext check`` against a reply that trickles: it asked with requests, whose timeout bounds
+    each read only, so the one round trip took minutes."""
+
+    def scenario(ctx: Any) -> Outcome:
+        standin = ctx.standin_factory(*trickle)
+        started = time.monotonic()
+        done = run_bfcl_ext(["check", "--skip-vllm", "--base-url", standin.base_url, "--wait-timeout", "30",
+                             "--request-timeout", str(TIMEOUT)], cwd=ctx.tmp_path, timeout=90)
+        return Outcome(done, notes={"took": time.monotonic() - started})
+
+    return scenario
+
+
+def _check_check_bounded(outcome: Outcome) -> None:
+    assert outcome.notes["took"] < 30, outcome.notes["took"]  # start-up and one 2 s try; as sent, minutes
+
+
+HUGE = "1e10"  # a socket timeout this long overflows: OverflowError from socket.settimeout
+
+
+def _huge_timeout(command: str) -> Any:
+    """--request-timeout 1e10 ("no limit, really"): every request raised OverflowError before it was
+    sent, which the run wrote as each entry's answer and scored 0% with exit 0 (check: internal error)."""
+
+    def scenario(ctx: Any) -> Outcome:
+        standin = ctx.standin_factory()
+        out = ctx.tmp_path / "out"
+        args = (run_args(out, "--limit", "2", "--max-retries", "0", "--retry-rounds", "0") if command == "run"
+                else ["check", "--skip-vllm", "--wait-timeout", "30"])
+        done = cli([*args, "--request-timeout", HUGE], endpoint_env(standin), ctx.tmp_path, timeout=120)
+        return Outcome(done, out, notes={"standin": standin})
+
+    return scenario
+
+
+def _check_refused_before_asking(outcome: Outcome) -> None:
+    assert outcome.output_dir is not None and not outcome.output_dir.exists(), "a folder was written"
+    assert outcome.notes["standin"].stats()["ok"] == 0  # nothing was asked
+
+
 CASES = [
     Case("replies that trickle a byte a second (--request-timeout 2 bounds the whole reply)", SECTION,
          _trickled_replies, 4, "2 entries have no answer after retries", check=_check_bounded_and_unanswered),
     Case("replies whose status line and headers trickle a byte every 0.5 s (--request-timeout 2 bounds them too)",
          SECTION, _trickled_headers, 4, "2 entries have no answer after retries", check=_check_headers_bounded),
+    Case("check against replies that trickle a byte a second (--request-timeout 2 bounds its round trip)",
+         SECTION, _check_trickled("--trickle", str(TRICKLE)), 3, "ReadTimeout: no whole reply within 2s",
+         check=_check_check_bounded),
+    Case("check against a status line and headers that trickle (--request-timeout 2 bounds them too)",
+         SECTION, _check_trickled("--trickle-headers", str(HEADER_TRICKLE)), 3,
+         "ReadTimeout: no whole reply within 2s", check=_check_check_bounded),
+    Case("run --request-timeout 1e10 (each request's OverflowError was scored as the model's answer, exit 0)",
+         SECTION, _huge_timeout("run"), 2, "--request-timeout='1e10': must be between 1 and 1000000",
+         check=_check_refused_before_asking),
+    Case("check --request-timeout 1e10 (internal error: OverflowError)", SECTION, _huge_timeout("check"), 2,
+         "--request-timeout='1e10': must be between 1 and 1000000", check=_check_refused_before_asking),
 ]
