@@ -1,5 +1,6 @@
 """slurm/: the job scripts on a real SLURM cluster (scripts/ci/setup-slurm.sh), with the oracle stand-in
-as the server and the venv's bfcl-ext as the runner.
+as the server and the venv's bfcl-ext as the runner; the docs' submit command runs a real vLLM (the
+CPU build) on the tiny model instead.
 
 The cluster is started once per session (about 2 s; apt-get install the first time) and stopped at
 the end. If SLURM cannot be installed or started, these tests fail: they never skip.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from bfcl_ext.provenance import sha256_file
+from tests.support.doc_blocks import doc_block
 from tests.support.tools import assert_tool_passes
 from tests.support.slurm_cluster import (
     BFCL_EXT_BIN,
@@ -38,6 +41,7 @@ from tests.support.slurm_cluster import (
     stop_cluster,
     summary,
 )
+from tests.support.vllm_cpu import vllm_env, vllm_python
 
 pytestmark = pytest.mark.slurm
 SCRIPTS = sorted([*SLURM_DIR.glob("*.sbatch"), SLURM_DIR / "submit.sh", SLURM_DIR / "lib.sh", SLURM_DIR / "site.env",
@@ -273,6 +277,109 @@ def test_single_job_flow(cluster: SlurmCluster, tmp_path: Path, mode: str) -> No
         assert (output / "logs" / "vllm-server.log").exists()
         assert not (output / "slurm" / "endpoint.env").exists()
         assert not [p for p in Path("/proc").glob("[0-9]*") if _cmdline_has(p, "vllm-shim.py")]
+
+
+# -- the docs' submit command, as written (issue 13 §1)
+
+EXAMPLE_MODEL = "Qwen/Qwen3-8B"  # the docs' --model: a BFCL registry name (QwenHandler, prompt mode)
+EXAMPLE_MODEL_PATH = Path("/models/Qwen3-8B")  # the docs' --model-path
+TINY_MARK = ".bfcl-ext-tiny-model"  # in EXAMPLE_MODEL_PATH: which tiny model it holds
+CPU_SERVE_ARGS = "--dtype float32 --enforce-eager --kv-cache-memory-bytes 134217728"  # as the vLLM image tests
+
+
+def _tiny_model_at(target: Path, tiny: Path) -> Path:
+    """The tiny model (weights and tokenizer) at ``target``, where the jobs load it. Idempotent and
+    safe for two test runs at once: copied beside it, then renamed into place; a copy of this tiny
+    model already there is kept, one of an older recipe replaced; anything else there (a real model)
+    is never touched: the test fails saying so."""
+    mark = target / TINY_MARK
+    if mark.is_file() and mark.read_text() == tiny.name:
+        return target
+    assert not target.exists() or mark.is_file(), f"{target} exists and is not the tests' tiny model: not touched"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fresh = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}")
+    shutil.copytree(tiny, fresh)
+    (fresh / TINY_MARK).write_text(tiny.name)
+    fresh.chmod(0o755)
+    old = None
+    if target.exists():  # an older tiny model: set aside, then removed
+        old = target.with_name(fresh.name + ".old")
+        target.rename(old)
+    try:
+        fresh.rename(target)
+    except OSError:  # another run put it there first
+        shutil.rmtree(fresh)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    assert (target / TINY_MARK).read_text() == tiny.name, f"{target} holds another tiny model"
+    return target
+
+
+@pytest.mark.parametrize(("doc", "block_id"), [("README.md", "slurm-quickstart"), ("slurm/README.md", "submit")])
+def test_the_docs_submit_command_runs_as_written(cluster: SlurmCluster, tiny_model_dir: Path, tmp_path: Path,
+                                                  doc: str, block_id: str) -> None:
+    """README.md's SLURM quickstart and slurm/README.md's submit block, run as written from a
+    checkout's root: two jobs, --gpus 1 and --time 04:00:00 as given. Swapped, outside the text:
+    the site.env edit is the test cluster's own (BFCL_EXT_SITE_ENV); the GPU is a fake one of the
+    test cluster (gres); Qwen3-8B's weights are the tiny random model at /models/Qwen3-8B, with its
+    tokenizer; the GPU vLLM is the CPU build, started by the vLLM image's entrypoint as the SIF
+    would; and the tiny model on two CPUs answers 3 entries of each category, 16 tokens each."""
+    block = {("README.md", "slurm-quickstart"): doc_block("README.md", "slurm-quickstart"),
+             ("slurm/README.md", "submit"): doc_block("slurm/README.md", "submit")}[(doc, block_id)]
+    assert "--model Qwen/Qwen3-8B --model-path /models/Qwen3-8B" in block and "--gpus 1 --time 04:00:00" in block
+    _tiny_model_at(EXAMPLE_MODEL_PATH, tiny_model_dir)
+    home = tmp_path / "bfcl_ext"  # a checkout: slurm/ at its root, results under it (./bfcl-results)
+    shutil.copytree(SLURM_DIR, home / "slurm")
+    cpu = {k: v for k, v in vllm_env().items() if k.startswith(("HF_", "TRANSFORMERS_", "VLLM_", "DO_NOT"))}
+    env = cluster.job_env({
+        **cpu,
+        "HF_HOME": str(tmp_path / "empty-hf-home"),  # no hub cache: the tokenizer must come from the model folder
+        "BFCL_EXT_SERVER_COMMAND": f"bash {REPO_ROOT / 'docker' / 'vllm' / 'entrypoint.sh'}",
+        "SERVE_COMMAND": f"{vllm_python()} -m vllm.entrypoints.openai.api_server",
+        "SERVE_MAX_MODEL_LEN": "2048", "SERVE_EXTRA_ARGS": CPU_SERVE_ARGS,
+        "BFCL_EXT_LIMIT": "3", "BFCL_EXT_MAX_TOKENS": "16",
+    })  # fmt: skip
+    for name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+        env.pop(name, None)
+
+    done = subprocess.run(["bash", "-e", "-c", block], cwd=home, env=env, capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    ids = dict(re.findall(r"^(server|runner) job:\s+(\d+)", done.stdout, re.MULTILINE))
+    assert set(ids) == {"server", "runner"}, done.stdout  # the default mode: two jobs
+    cluster.submitted.extend(ids.values())
+    output = home / "bfcl-results" / "Qwen_Qwen3-8B"
+    assert f"results:        {output} " in done.stdout
+    for role in ("server", "runner"):  # as written: --time 04:00:00 for both, --gpus 1 for the server
+        record = cluster.job(ids[role]).raw
+        assert "TimeLimit=04:00:00" in record, record
+        assert ("TresPerNode=gres:gpu:1" in record) == (role == "server"), record
+
+    runner = cluster.wait(ids["runner"], timeout=400)
+    assert runner.exit_code == 0 and runner.state == "COMPLETED", job_logs(output)
+    server = cluster.wait(ids["server"], timeout=60)
+    assert server.state == "CANCELLED", server.raw  # by the runner (CANCEL_SERVER)
+    logs = job_logs(output)
+    assert f"cancelling the server job {ids['server']}" in logs
+    assert_server_gone(output)
+
+    gpu = json.loads((output / "slurm" / f"server-{ids['server']}.json").read_text())["cuda_visible_devices"]
+    assert gpu == "0", "the server job did not get the GPU it asked for"  # SLURM's, from --gres=gpu:1
+
+    facts = summary(output)
+    assert facts["status"] == "complete", facts
+    assert facts["model"] == EXAMPLE_MODEL, facts
+    assert {name: score["total"] for name, score in facts["categories"].items()} == {"simple_python": 3,
+                                                                                 "multiple": 3}, facts
+    assert facts["entries"]["answered"] == 6 and facts["entries"]["failed"] == 0, facts["entries"]
+    answers = [json.loads(line) for path in (output / "result").rglob("*_result.json")
+               for line in path.read_text().splitlines()]  # fmt: skip
+    assert len(answers) == 6 and all(0 < a["output_token_count"] <= 16 for a in answers), answers  # vLLM's
+    assert facts["handler"].startswith("prompt: /v1/completions, prompts formatted by BFCL's QwenHandler"), facts
+    assert f"bfcl-ext: the tokenizer comes from {EXAMPLE_MODEL_PATH}" in logs.splitlines(), logs
+    manifest = json.loads((output / "manifest.json").read_text())
+    assert manifest["model"]["root"] == str(EXAMPLE_MODEL_PATH), manifest["model"]
+    assert "vllm.entrypoints.openai.api_server" in " ".join(manifest["server"]["launched_with"]), manifest["server"]
 
 
 def _cmdline_has(proc: Path, word: str) -> bool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -28,7 +30,8 @@ BFCL_EXT_BIN = Path(sys.executable).with_name("bfcl-ext")  # the venv's, as the 
 CLEAN_ENV_PREFIXES = ("VLLM_", "BFCL_EXT_", "OPENAI_", "SERVE_", "SITE_", "SLURM_", "CANCEL_SERVER")
 LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "SIGNALING"}
 
-# Site settings for the test cluster: no GPUs, one CPU per job, no memory request.
+# Site settings for the test cluster: no GPU unless asked for (--gpus N: each node has one fake GPU),
+# one CPU per job, no memory request.
 TEST_SITE = """\
 SITE_PARTITION=
 SITE_RUNNER_PARTITION=
@@ -184,12 +187,78 @@ def start_cluster(state_dir: Path) -> SlurmCluster:
             f"SLURM could not be installed or started (scripts/ci/setup-slurm.sh exit {done.returncode}):\n"
             f"{done.stdout}\n{done.stderr}"
         )
+    _give_nodes_a_gpu(state_dir, Path(match.group(1)))
     site = state_dir / "site.env"
     site.write_text(TEST_SITE)
     shim = state_dir / "vllm-shim.py"
     shim.write_text(VLLM_SHIM.format(python=sys.executable))
     shim.chmod(0o755)
     return SlurmCluster(state_dir, Path(match.group(1)), site, shim)
+
+
+NODES = ("n1", "n2")  # setup-slurm.sh's logical nodes
+GPUS_PER_NODE = 1
+
+
+def _give_nodes_a_gpu(state_dir: Path, conf: Path) -> None:
+    """Each node declares one GPU (GresTypes=gpu, Gres=gpu:1, gres.conf), so that a job asks for
+    one as the docs do (submit.sh --gpus 1: --gres=gpu:1); setup-slurm.sh's cluster has none. The
+    GPU is a character device with the null device's numbers (SLURM wants a device file); the
+    server job gets CUDA_VISIBLE_DEVICES=0 as on a GPU node, and the CPU vLLM ignores it. A new
+    GresTypes needs slurmctld and slurmd restarted: stopped by pid and started as setup-slurm.sh
+    starts them (pid files, logs), then nodes idle with the GPU. Nothing to do when the daemons
+    already run with it (setup-slurm.sh reused them)."""
+    text = conf.read_text()
+    if "GresTypes=gpu" in text:
+        return
+    device = state_dir / "fake-gpu" / "nvidia0"
+    device.parent.mkdir(exist_ok=True)
+    if not device.exists():
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    (conf.parent / "gres.conf").write_text(f"# tests/support/slurm_cluster.py: one fake GPU per node\n"
+                                           f"Name=gpu Count={GPUS_PER_NODE} File={device}\n")
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("NodeName="):
+            line = line.replace(" State=", f" Gres=gpu:{GPUS_PER_NODE} State=")
+        lines.append(line)
+        if line.startswith("ClusterName="):
+            lines.append("GresTypes=gpu")
+    conf.write_text("\n".join(lines) + "\n")
+    run, log = state_dir / "run", state_dir / "log"
+    daemons = {"slurmctld": ["slurmctld", "-D", "-i", "-f", str(conf)]}
+    daemons.update({f"slurmd-{node}": ["slurmd", "-D", "-N", node, "-f", str(conf)] for node in NODES})
+    pids = [int((run / f"{name}.started").read_text().split()[0]) for name in daemons]
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"SLURM daemons {pids} did not stop for the restart with GPUs"
+        time.sleep(0.1)
+    for name, argv in daemons.items():  # as setup-slurm.sh's start_daemon: detached, pid in a file
+        started = subprocess.run(["bash", "-c", 'nohup "$@" </dev/null >>"$LOG" 2>&1 & echo $!', "start", *argv],
+                                 env={**os.environ, "LOG": str(log / f"{name}.stdout")}, capture_output=True,
+                                 text=True, check=True, timeout=30)
+        (run / f"{name}.started").write_text(started.stdout)
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    deadline = time.monotonic() + 60
+    while True:
+        nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t %G"], env=env, capture_output=True, text=True,
+                               check=False, timeout=30).stdout.split("\n")
+        ready = {line.split()[0] for line in nodes if line.endswith(f" idle gpu:{GPUS_PER_NODE}")}
+        if ready >= set(NODES):
+            return
+        assert time.monotonic() < deadline, f"nodes not idle with a GPU after the restart: {nodes}"
+        time.sleep(0.3)
+
+
+def _alive(pid: int) -> bool:
+    """The process runs (a zombie, which its parent has yet to reap, has stopped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "(zombie)" not in status
 
 
 def stop_cluster(cluster: SlurmCluster) -> subprocess.CompletedProcess[str]:
