@@ -44,8 +44,6 @@ from tests.support.vllm_cpu import (
 # Command blocks no test runs as written yet, each with what it needs; the list may only shrink:
 # a new command block without a test fails the suite.
 NOT_YET_RUN_AS_WRITTEN = {
-    ("README.md", "slurm-quickstart"): "submit.sh with the tiny model at /models/Qwen3-8B on the test cluster",
-    ("slurm/README.md", "submit"): "as README.md's slurm-quickstart",
     ("apptainer/README.md", "build-script"): "the four build lines (test_apptainer builds with its own paths)",
     ("apptainer/README.md", "build-by-hand"): "apptainer build from a docker save archive",
     ("apptainer/README.md", "run-server"): "the vLLM SIF without --nv, the tiny model as Qwen/Qwen2.5-7B-Instruct",
