@@ -1185,8 +1185,10 @@ def evaluate(
         )
         scores[category] = _read_score(session, category)
     update_leaderboard_table_with_local_score_file(table, session.score_dir)
-    # an output folder reused for another model holds its scores too: the row is this model's
-    table = {name: row for name, row in table.items() if name == session.model_dir}
+    # an output folder reused for another model holds its scores too: the row is this model's, and
+    # counts the categories scored here only (an earlier run's score files of others stay unread)
+    table = {name: {category: score for category, score in row.items() if category in scores}
+             for name, row in table.items() if name == session.model_dir}
     try:
         generate_leaderboard_csv(table, session.score_dir)
     except (ValueError, ZeroDivisionError, KeyError) as error:  # statistics.stdev needs two latencies

@@ -85,6 +85,7 @@ def bundle(output_dir: Path, archive: Path) -> BundleReport:
     warnings: list[str] = []
     files = _collect(output_dir, archive, warnings)
     summary = _json_of(files, "summary.json", output_dir)
+    _leave_out_unscored(files, summary, warnings)
     _leave_out_unselected(files, summary, output_dir, warnings)
     if summary.get("status") != "complete":
         warnings.append(f"the run's status is {summary.get('status')!r}, not 'complete'")
@@ -105,6 +106,54 @@ def bundle(output_dir: Path, archive: Path) -> BundleReport:
              f"{leaderboard.get('Overall Acc')})") if leaderboard else None
     complete = isinstance(board, dict) and bool(board.get("complete"))
     return BundleReport(archive, len(files), archive.stat().st_size, where, tuple(warnings), leaderboard, complete)
+
+
+def _leave_out_unscored(files: dict[str, bytes], summary: Mapping[str, Any], warnings: list[str]) -> None:
+    """The bundle carries the answers of the categories the run records, and the score files of those it
+    scored: an earlier run into the folder that scored other categories left its answers and score
+    files beside them. They stay in the folder; the bundle carries what its summary describes (its
+    leaderboard row and ``categories_not_scored`` count them out, and verify would re-score them)."""
+    from bfcl_ext import bridge
+
+    recorded = summary.get("categories")
+    if not isinstance(recorded, dict):
+        return  # verify names it
+    with _evaluator_for_reading():
+        known = bridge.expand_categories(["all"])
+        ours = [c for c in recorded if c in known]
+        written = set(bridge.ids_by_result_file(bridge.load_entries(_ordered_categories(ours)))) if ours else set()
+    scored = {c for c, record in recorded.items() if isinstance(record, dict) and record.get("accuracy") is not None}
+    own = model_dir_name(str(summary.get("model")))
+    left_out: dict[str, set[str]] = {"answers": set(), "scores": set()}
+    for name in list(files):
+        tree, _, rest = name.partition("/")
+        if tree not in MODEL_TREES or not rest.startswith(f"{own}/"):
+            continue
+        inside = rest[len(own) + 1:]
+        if tree == "result" and inside.endswith("_result.json") and inside not in written:
+            category = _category_of_file(inside, ("_result.json", "_prereq_result.json"), known)
+            kind, keep = "answers", False
+        elif tree == "score" and inside.endswith("_score.json"):
+            category = _category_of_file(inside, ("_score.json",), known)
+            kind, keep = "scores", category in scored
+        else:
+            continue
+        if category is not None and not keep:
+            del files[name]
+            left_out[kind].add(category)
+    categories = _ordered_categories([*left_out["answers"], *left_out["scores"]])
+    if categories:
+        what = " and ".join(k for k in ("answers", "scores") if left_out[k])
+        warnings.append(f"left out the {what} of {len(categories)} categories this run did not score "
+                        f"({', '.join(categories[:6])}{' ...' if len(categories) > 6 else ''}: an earlier run's in "
+                        "this folder; they stay in the folder)")
+
+
+def _category_of_file(name: str, suffixes: Sequence[str], known: Sequence[str]) -> str | None:
+    """The category whose result or score file ``name`` is (BFCL's ``<prefix>_<category><suffix>``)."""
+    base = name.rsplit("/", 1)[-1]
+    matches = [c for c in known for suffix in suffixes if base.endswith(f"_{c}{suffix}")]
+    return max(matches, key=len) if matches else None  # 'live_multiple' rather than 'multiple'
 
 
 def _leave_out_unselected(files: dict[str, bytes], summary: Mapping[str, Any], output_dir: Path,
@@ -484,6 +533,7 @@ def verify(archive: Path) -> VerifyReport:
         version = _check_bfcl_eval(archive, manifest)
         _check_datasets(archive, manifest)
         _check_answers_carried(archive, root, summary, model)
+        _check_scores_recorded(archive, root, summary, model)
         _check_selection_answered(archive, root, summary, model)
         scores = _check_rescore(archive, root, Path(workdir), summary, model, served)
     return VerifyReport(archive, count, version, scores)
@@ -622,7 +672,9 @@ def _check_answers_carried(archive: Path, root: Path, summary: Mapping[str, Any]
         limit = recorded_limit(summary)
     except ValueError as error:
         raise VerificationError(f"{archive}: {error}") from None
-    categories = _answered_categories(summary, (p.name for p in (root / "score").rglob("*_score.json")))
+    # the categories summary.json records, not those a score file names: bundle leaves an earlier run's
+    # other categories out, so answers of a category the summary does not record are a category edited out
+    categories = _answered_categories(summary, ())
     allowed = bridge.ids_by_result_file(bridge.load_entries(categories, limit))
     for path in carried:
         name = path.relative_to(results).as_posix()
@@ -639,6 +691,28 @@ def _check_answers_carried(archive: Path, root: Path, summary: Mapping[str, Any]
             scope = f" (--limit {limit})" if limit else ""
             raise VerificationError(f"{archive}: {shown} holds answers to entries the run did not select{scope}: "
                                     f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
+
+
+def _check_scores_recorded(archive: Path, root: Path, summary: Mapping[str, Any], model: str) -> None:
+    """Every score file the bundle carries is of a category summary.json records as scored: a category
+    edited out of the summary, or edited to unscored, while its score file stays is refused (bundle
+    leaves out the score files of categories its run did not score)."""
+    from bfcl_ext import bridge
+
+    recorded = summary.get("categories") or {}
+    scored = {c for c, v in recorded.items() if isinstance(v, dict) and v.get("accuracy") is not None}
+    own = model_dir_name(model)
+    scores = root / "score" / own
+    known = bridge.expand_categories(["all"])
+    for path in sorted(scores.rglob("*_score.json")) if scores.is_dir() else []:
+        category = _category_of_file(path.name, ("_score.json",), known)
+        if category not in scored:
+            said = ("does not record it" if category not in recorded else "records it as not scored")
+            raise VerificationError(
+                f"{archive}: {PREFIX}/score/{own}/{path.relative_to(scores).as_posix()} scores "
+                f"{'category ' + repr(category) if category else 'no category bfcl-eval has'}, but summary.json "
+                f"{said if category else 'cannot record it'} (summary.json scores: "
+                f"{', '.join(sorted(scored)) or 'none'}): the summary does not describe the scores the bundle carries")
 
 
 def _check_selection_answered(archive: Path, root: Path, summary: Mapping[str, Any], model: str) -> None:

@@ -7,7 +7,7 @@ import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -246,6 +246,9 @@ def _run_locked(
         every_entry = bridge.load_entries(plan.run)  # what the run's result files may hold
         repaired = bridge.repair_result_files(session, every_entry)
         entries = bridge.select_entries(every_entry, settings.limit)
+        if settings.limit is not None and len(entries) == len(every_entry):
+            # a limit at least every category's size selects the whole dataset: a complete run, not a partial one
+            settings = replace(settings, limit=None)
         for change in bridge.restore_memory_snapshots(session, entries):
             print(f"bfcl-ext: memory state: {change}", file=sys.stderr)
         pending = bridge.pending_entries(session, entries)
