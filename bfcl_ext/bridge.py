@@ -661,6 +661,13 @@ def _require_regular_file(path: Path) -> None:
                           "or move it away")
 
 
+def _require_regular_files_under(folder: Path) -> None:
+    """Every file under ``folder`` a regular file (or a link to one), as ``_require_regular_file``."""
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            _require_regular_file(Path(directory) / name)
+
+
 def _file_kind(mode: int) -> str:
     import stat
 
@@ -1166,6 +1173,7 @@ def evaluate(
     )
 
     session.score_dir.mkdir(parents=True, exist_ok=True)
+    _require_regular_files_under(session.score_dir)  # BFCL opens its score files and CSVs: a FIFO would block
     table: dict[str, Any] = {}
     scores: dict[str, CategoryScore] = {}
     model_results = session.result_dir / session.model_dir

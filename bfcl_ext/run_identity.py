@@ -13,6 +13,7 @@ from before they existed, or from a run without them, keeps its identity; absent
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -95,6 +96,9 @@ def move_aside(folder: Path) -> Path | None:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
+    if os.path.lexists(path) and not path.is_file():  # a FIFO put there would block the read forever
+        raise ConfigError("BFCL_EXT_OUTPUT_DIR/--output-dir", str(path.parent.parent),
+                          f"{path} is not a regular file; remove it to resume as this run's, or use --fresh")
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -18,7 +18,8 @@ and records is exactly the entries the run selected:
   entries recorded as ``missing``; bundle packs it with a warning), but not once its summary is
   edited to claim it complete;
 * a FIFO, a folder or a link to something that is not a regular file at a result path: one line
-  naming the path, exit 6, no hang (a link to a regular file is followed).
+  naming the path, exit 6, no hang (a link to a regular file is followed); so at a score file's
+  path or a leaderboard CSV's (exit 6 when scoring), and at ``.bfcl-ext/identity.json`` (exit 2).
 """
 
 from __future__ import annotations
@@ -326,6 +327,21 @@ def _link_to_a_regular_file(path: Path, scratch: Path) -> None:
     path.symlink_to(target)
 
 
+def _fifo_at(relative: str) -> Any:
+    """After a first run, a FIFO at ``relative`` (a file the run reads or rewrites when it scores or starts);
+    the same command again (60 s: a run still going then is a hang; it was, opening the FIFO)."""
+
+    def scenario(ctx: Any) -> Outcome:
+        standin, out = _first_run(ctx, 3)
+        path = out / relative
+        path.unlink()
+        os.mkfifo(path)
+        done = run_bfcl_ext(_run_args(standin.base_url, out, 3), cwd=ctx.tmp_path, timeout=60)
+        return Outcome(done, out, _ids(3), notes={"path": path})
+
+    return scenario
+
+
 def _check_the_path_named(outcome: Outcome) -> None:
     line = next(line for line in outcome.done.stderr.splitlines() if line.startswith("bfcl-ext: error:"))
     assert f"cannot write {outcome.notes['path']}: not a regular file" in line, line
@@ -368,4 +384,10 @@ CASES: list[Case] = [
          "not a regular file (a link to a character device)", _check_the_path_named),
     Case("a symbolic link to a regular file at a result file's path: followed", SECTION,
          _at_the_result_path(_link_to_a_regular_file), 0),
+    Case("a FIFO (mkfifo) at a score file's path, then the same command (hung when scoring)", SECTION,
+         _fifo_at(SCORE_FILE), 6, "not a regular file (a FIFO)", _check_the_path_named),
+    Case("a FIFO (mkfifo) at score/data_overall.csv, then the same command (hung when scoring)", SECTION,
+         _fifo_at("score/data_overall.csv"), 6, "not a regular file (a FIFO)", _check_the_path_named),
+    Case("a FIFO (mkfifo) at .bfcl-ext/identity.json, then the same command (hung at start)", SECTION,
+         _fifo_at(".bfcl-ext/identity.json"), 2, "identity.json is not a regular file; remove it"),
 ]
