@@ -75,7 +75,7 @@ FAULT_ARMS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 # bfcl-ext settings that decide how long a retried request waits (read back from manifest.json)
 RETRY_SETTINGS = ("num_threads", "max_retries", "retry_rounds", "request_timeout")
-# bfcl-ext's backoff (bridge._backoff, generation's pass loop): code, not settings
+# bfcl-ext's backoff (bfcl_ext/retry_policy.py): code, not settings
 BACKOFF = ("per request: 0.5 s doubling, at most 8 s, less 0-25% jitter, before each of max_retries retries; "
            "per pass over still-failed entries: min(2**pass, 30) s")
 # Settings that would steer either tool away from the stand-in (or into a container default).

@@ -29,6 +29,7 @@ from bfcl_ext.errors import ConfigError
 from bfcl_ext.provenance import sha256_file
 from bfcl_ext.reply_shape import message_problem
 from bfcl_ext.request_settings import RequestSettings
+from bfcl_ext.retry_policy import RetryPolicy
 
 BFCL_EVAL_VERSION = "2026.3.23"
 CATEGORY_SETTING = "BFCL_EXT_TEST_CATEGORY/--test-category"
@@ -307,21 +308,21 @@ class _GuardedCreate:
 
     A reply with status 200 that the handler cannot use (a body that is not JSON, no choices, a
     null message or text, no usage) is a server fault like a 5xx, never the model's answer. The
-    OpenAI SDK retries no 200, so it is retried here, ``retries`` times with the SDK's backoff
-    (``make_client`` sets the client's ``max_retries``), then raised as ``TransportError``.
+    OpenAI SDK retries no 200, so it is retried here as the policy says (as many times as the SDK
+    retries a 5xx, with the SDK's backoff), then raised as ``TransportError``.
     Every request also gets the run's request settings (``request_settings``: max tokens, top_p,
     seed, extra body; nothing when none is set).
     """
 
     def __init__(
-        self, create: Callable[..., Any], stats: RequestStats, retries: int = 0,
+        self, create: Callable[..., Any], stats: RequestStats, policy: RetryPolicy,
         request: RequestSettings | None = None, completions: bool = False,
     ) -> None:
         import time
 
         self._create = create
         self._stats = stats
-        self.retries = retries
+        self.policy = policy
         self.request = request or RequestSettings()
         self.completions = completions  # /v1/completions (prompt mode), else chat
         self.sleep: Callable[[float], None] = time.sleep
@@ -333,9 +334,10 @@ class _GuardedCreate:
         kwargs = self.request.apply(kwargs, completions=self.completions)
         self._stats.count_call()
         problem = "no attempt"
-        for attempt in range(self.retries + 1):
+        retries = self.policy.request_retries
+        for attempt in range(retries + 1):
             if attempt:
-                self.sleep(_backoff(attempt))
+                self.sleep(self.policy.before_request_retry(attempt))
             try:
                 response = self._create(**kwargs)
             except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as error:
@@ -351,15 +353,8 @@ class _GuardedCreate:
                 if problem is None:
                     return response
             self._stats.count_bad_reply()
-        tries = f", {self.retries + 1} tries" if self.retries else ""
+        tries = f", {retries + 1} tries" if retries else ""
         raise TransportError(f"unusable reply (HTTP 200{tries}): {problem}")
-
-
-def _backoff(attempt: int) -> float:
-    """The OpenAI SDK's wait before retry ``attempt`` (1, 2, ...): 0.5 s doubling, at most 8 s, less 0-25%."""
-    import random
-
-    return min(0.5 * 2.0 ** (attempt - 1), 8.0) * (1 - 0.25 * random.random())
 
 
 def _unparseable_errors() -> tuple[type[BaseException], ...]:
@@ -423,21 +418,23 @@ def _describe(error: Exception) -> str:
 class _GuardedClient:
     """Looks like ``openai.OpenAI`` to a handler; the two completion endpoints are guarded."""
 
-    def __init__(self, client: Any, stats: RequestStats, request: RequestSettings) -> None:
+    def __init__(self, client: Any, stats: RequestStats, policy: RetryPolicy, request: RequestSettings) -> None:
         from types import SimpleNamespace
 
         self._client = client
-        self.chat = SimpleNamespace(completions=_GuardedCreate(client.chat.completions.create, stats, request=request))
-        self.completions = _GuardedCreate(client.completions.create, stats, request=request, completions=True)
+        self.chat = SimpleNamespace(completions=_GuardedCreate(client.chat.completions.create, stats, policy, request))
+        self.completions = _GuardedCreate(client.completions.create, stats, policy, request, completions=True)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
 
 def make_client(
-    base_url: str, api_key: str | None, timeout: float, max_retries: int, stats: RequestStats,
+    base_url: str, api_key: str | None, policy: RetryPolicy, stats: RequestStats,
     request: RequestSettings | None = None,
 ) -> Any:
+    """The OpenAI client of the run: the policy's timeout bounds each whole reply, the SDK retries
+    connection errors, 429 and 5xx and the guard an unusable 200, ``policy.request_retries`` times each."""
     import httpx
     import openai
 
@@ -448,20 +445,19 @@ def make_client(
             "request": [lambda _request: stats.count_sent()],
             "response": [lambda response: stats.count_response(response.status_code)],
         },
-        timeout=timeout,
-        transport=WholeReplyDeadline(timeout, limits=httpx.Limits(max_connections=None, max_keepalive_connections=256)),
+        timeout=policy.request_timeout,
+        transport=WholeReplyDeadline(
+            policy.request_timeout, limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        ),
     )
     client = openai.OpenAI(
         base_url=base_url,
         api_key=api_key or "EMPTY",  # vLLM without --api-key ignores it; the SDK insists on one
-        timeout=timeout,
-        max_retries=max_retries,
+        timeout=policy.request_timeout,
+        max_retries=policy.request_retries,
         http_client=http_client,
     )
-    guarded = _GuardedClient(client, stats, request or RequestSettings())
-    for guard in (guarded.chat.completions, guarded.completions):
-        guard.retries = max_retries  # the SDK retries connection errors and 5xx, we an unusable 200
-    return guarded
+    return _GuardedClient(client, stats, policy, request or RequestSettings())
 
 
 # ---------------------------------------------------------------- a session: handler + files
@@ -1029,11 +1025,11 @@ class _SearchService:
 
     RETRYABLE = {408, 429, 500, 502, 503, 504}
 
-    def __init__(self, base_url: str, api_key: str, timeout: float, max_retries: int, stats: SearchStats) -> None:
+    def __init__(self, base_url: str, api_key: str, policy: RetryPolicy, stats: SearchStats) -> None:
         self._url = base_url.rstrip("/") + "/search"
         self._api_key = api_key
-        self._timeout = timeout
-        self._max_retries = max_retries
+        self._timeout = policy.request_timeout
+        self._policy = policy
         self.stats = stats
 
     def client(self, params: dict[str, Any]) -> Any:
@@ -1047,9 +1043,9 @@ class _SearchService:
         query = {key: value for key, value in params.items() if key != "api_key" and value is not None}
         query.update(api_key=self._api_key, output="json", source="python")
         problem = "no attempt"
-        for attempt in range(self._max_retries + 1):
+        for attempt in range(self._policy.request_retries + 1):
             if attempt:
-                time.sleep(min(2.0**attempt, 30.0))
+                time.sleep(self._policy.before_search_retry(attempt))
             payload, problem, retry = self._once(query)
             if payload is not None:
                 self.stats.count(ok=True, retries=attempt)
@@ -1123,12 +1119,12 @@ def _abort(response: Any) -> None:
         pass
 
 
-def install_web_search(base_url: str, api_key: str, timeout: float, max_retries: int) -> SearchStats:
+def install_web_search(base_url: str, api_key: str, policy: RetryPolicy) -> SearchStats:
     """Route bfcl-eval's web search tool through ``_SearchService`` (module attribute, set once per run)."""
     from bfcl_eval.eval_checker.multi_turn_eval.func_source_code import web_search
 
     stats = SearchStats()
-    web_search.GoogleSearch = _SearchService(base_url, api_key, timeout, max_retries, stats).client
+    web_search.GoogleSearch = _SearchService(base_url, api_key, policy, stats).client
     return stats
 
 

@@ -26,6 +26,7 @@ from urllib.parse import SplitResult, urlsplit, urlunsplit
 from bfcl_ext.endpoint import Endpoint
 from bfcl_ext.errors import ConfigError
 from bfcl_ext.request_settings import OWNED_KEYS, RequestSettings
+from bfcl_ext.retry_policy import RetryPolicy
 
 DEFAULT_ENV_FILE = Path(".env")
 DEFAULT_PORT = 8000
@@ -338,6 +339,12 @@ class Settings:
     wandb_project: str | None = None  # upstream's W&B upload (WANDB_BFCL_PROJECT), done by bfcl-eval itself
     search_api_key: str | None = field(default=None, repr=False)
     api_key_file: Path | None = None  # where the key was read from (recorded; the key itself never is)
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The one retry policy of the run, from the retry settings."""
+        return RetryPolicy(request_timeout=self.request_timeout, request_retries=self.max_retries,
+                           passes=self.retry_rounds, recovery_timeout=self.recovery_timeout)
 
     @property
     def request(self) -> RequestSettings:

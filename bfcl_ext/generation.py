@@ -26,6 +26,7 @@ from typing import Any
 
 from bfcl_ext import bridge
 from bfcl_ext.errors import BfclExtError, WorkerError
+from bfcl_ext.retry_policy import RetryPolicy
 
 IN_FLIGHT_GRACE_S = 10.0  # after a stop request, how long answers already asked for may still land
 
@@ -85,18 +86,18 @@ def generate(
     entries: list[dict[str, Any]],
     *,
     threads: int,
-    passes: int,
+    policy: RetryPolicy,
     gate: ServerGate,
     stop: threading.Event,
     progress: Any,
 ) -> GenerationReport:
-    """Run up to ``1 + passes`` passes over ``entries``; each pass asks again what failed before."""
+    """Run up to ``1 + policy.passes`` passes over ``entries``; each pass asks again what failed before."""
     report = GenerationReport()
     remaining = entries
-    for attempt in range(passes + 1):
+    for attempt in range(policy.passes + 1):
         if attempt:
             report.entries_retried += len(remaining)
-            stop.wait(min(2.0**attempt, 30.0))  # backoff between passes; a stop request ends it
+            stop.wait(policy.before_pass(attempt))  # a stop request ends the wait
         report.passes += 1
         remaining = _one_pass(session, remaining, threads, gate, stop, progress, report)
         if not remaining or stop.is_set() or gate.abandoned_reason or report.fatal:

@@ -200,14 +200,14 @@ def wait_ready(settings: Settings, server: Server, timeout: float, recovering: b
 def _gate(settings: Settings, server: Server) -> generation.ServerGate:
     def ready_now() -> bool:
         try:
-            readiness.probe(server.endpoint, settings.model_name_served, request_timeout=5.0)
+            readiness.probe(server.endpoint, settings.model_name_served, request_timeout=settings.retry.probe_timeout)
         except NotReadyError:
             return False
         return True
 
     def wait_again() -> str | None:
         try:
-            wait_ready(settings, server, settings.recovery_timeout, recovering=True)
+            wait_ready(settings, server, settings.retry.recovery_timeout, recovering=True)
         except NotReadyError as error:
             return str(error)
         return None
@@ -234,7 +234,7 @@ def _run_locked(
         # the first request leaves as soon as the server is ready.
         stats = bridge.RequestStats()
         client = bridge.make_client(
-            server.endpoint.base_url, server.endpoint.api_key, settings.request_timeout, settings.max_retries, stats,
+            server.endpoint.base_url, server.endpoint.api_key, settings.retry, stats,
             settings.request,
         )
         session = bridge.open_session(
@@ -321,8 +321,7 @@ class Tools:
 def _prepare_tools(plan: CategoryPlan, settings: Settings) -> Tools:
     search = None
     if any(category in bridge.NEEDS_INTERNET for category in plan.run):
-        search = bridge.install_web_search(settings.search_base_url, settings.search_api_key or "",
-                                           settings.request_timeout, settings.max_retries)
+        search = bridge.install_web_search(settings.search_base_url, settings.search_api_key or "", settings.retry)
     embedding = None
     if plan.embedding_model is not None:
         from bfcl_ext import embeddings
@@ -361,7 +360,7 @@ def _generate(
     with tqdm(total=len(pending), desc="bfcl-ext", unit="entry", file=sys.stderr, dynamic_ncols=True) as progress:
         with interruptions.deferred():
             return generation.generate(
-                session, pending, threads=settings.num_threads, passes=settings.retry_rounds,
+                session, pending, threads=settings.num_threads, policy=settings.retry,
                 gate=_gate(settings, server), stop=interruptions.stop, progress=progress,
             )
 

@@ -15,11 +15,16 @@ import pytest
 
 from bfcl_ext import bridge
 from bfcl_ext.errors import ConfigError
+from bfcl_ext.retry_policy import RetryPolicy
 
 
 def _status_error(status: int) -> openai.APIStatusError:
     response = httpx.Response(status, request=httpx.Request("POST", "http://x/v1/chat/completions"))
     return openai.APIStatusError("error", response=response, body=None)
+
+
+def _policy(retries: int, timeout: float = 600.0) -> RetryPolicy:
+    return RetryPolicy(request_timeout=timeout, request_retries=retries, passes=0, recovery_timeout=0.0)
 
 
 def _guard(outcome):
@@ -28,7 +33,7 @@ def _guard(outcome):
             raise outcome
         return outcome
 
-    return bridge._GuardedCreate(create, bridge.RequestStats())
+    return bridge._GuardedCreate(create, bridge.RequestStats(), _policy(retries=0))
 
 
 @pytest.mark.parametrize("status", [401, 404, 408, 500, 502, 503])
@@ -65,7 +70,7 @@ def test_upstream_timeout_is_replaced_by_ours() -> None:
         seen.update(kwargs)
         return _usable_reply()
 
-    bridge._GuardedCreate(create, bridge.RequestStats()).create(model="m", timeout=72000)
+    bridge._GuardedCreate(create, bridge.RequestStats(), _policy(retries=0)).create(model="m", timeout=72000)
     assert "timeout" not in seen
 
 
@@ -117,7 +122,7 @@ def test_unusable_replies_through_the_real_sdk_are_retried_then_transport_errors
     objects (built without validation) that bfcl-eval's handlers then fail on."""
     server = bad_replies(kind)
     stats = bridge.RequestStats()
-    client = bridge.make_client(f"{server.url}/v1", None, 10.0, 2, stats)
+    client = bridge.make_client(f"{server.url}/v1", None, _policy(timeout=10.0, retries=2), stats)
     waits: list[float] = []
     for guard in (client.chat.completions, client.completions):
         guard.sleep = waits.append
@@ -137,7 +142,7 @@ def test_unusable_replies_through_the_real_sdk_are_retried_then_transport_errors
 def test_a_bad_reply_then_a_good_one_is_the_good_one() -> None:
     replies = [SimpleNamespace(choices=[SimpleNamespace(message=None)], usage=None), _usable_reply()]
     stats = bridge.RequestStats()
-    guard = bridge._GuardedCreate(lambda **_kwargs: replies.pop(0), stats, retries=3)
+    guard = bridge._GuardedCreate(lambda **_kwargs: replies.pop(0), stats, _policy(retries=3))
     waits: list[float] = []
     guard.sleep = waits.append
     assert guard.create(model="m").choices[0].message.content == "hi"

@@ -9,6 +9,7 @@ import pytest
 from bfcl_ext import cli
 from bfcl_ext.config import DEFAULT_NUM_THREADS, DEFAULT_WAIT_TIMEOUT, OPTIONS, resolve
 from bfcl_ext.errors import ConfigError
+from bfcl_ext.retry_policy import RetryPolicy
 
 
 def settings(flags=None, environ=None, env_file=None, **kwargs):
@@ -572,3 +573,20 @@ def test_argparse_errors_are_one_line_without_usage(capsys, argv, line):
     captured = capsys.readouterr()
     assert len(captured.err.splitlines()) == 1 and captured.err.startswith(line), captured.err
     assert "usage:" not in captured.err + captured.out and "hunter2" not in captured.err
+
+
+def test_the_retry_settings_make_the_one_retry_policy():
+    s = settings({"request_timeout": 7.5}, {"BFCL_EXT_MAX_RETRIES": "2", "BFCL_EXT_RETRY_ROUNDS": "1",
+                                             "BFCL_EXT_RECOVERY_TIMEOUT": "9"})
+    assert s.retry == RetryPolicy(request_timeout=7.5, request_retries=2, passes=1, recovery_timeout=9.0)
+    defaults = settings().retry
+    assert (defaults.request_retries, defaults.passes, defaults.probe_timeout) == (4, 3, 5.0)
+
+
+def test_the_retry_policys_waits():
+    policy = settings().retry
+    assert [policy.before_pass(n) for n in (1, 2, 3, 4, 5, 9)] == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert [policy.before_search_retry(n) for n in (1, 5)] == [2.0, 30.0]
+    for attempt, ceiling in ((1, 0.5), (2, 1.0), (3, 2.0), (5, 8.0), (9, 8.0)):  # the OpenAI SDK's, less 0-25%
+        waits = [policy.before_request_retry(attempt) for _ in range(50)]
+        assert all(0.75 * ceiling <= wait <= ceiling for wait in waits), (attempt, waits)

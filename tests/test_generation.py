@@ -16,6 +16,7 @@ import pytest
 
 from bfcl_ext import bridge, generation
 from bfcl_ext.errors import EXIT_INTERNAL, EXIT_OUTPUT, OutputError, WorkerError
+from bfcl_ext.retry_policy import RetryPolicy
 
 BOUND_S = 30.0  # generate must return well within this; a hang fails the test instead of blocking it
 
@@ -72,6 +73,10 @@ def always_ready_gate(wait_ready: Any = lambda: None) -> generation.ServerGate:
     return generation.ServerGate(lambda: True, wait_ready)
 
 
+def _policy(passes: int) -> RetryPolicy:
+    return RetryPolicy(request_timeout=600.0, request_retries=0, passes=passes, recovery_timeout=0.0)
+
+
 def generate_bounded(todo: list[dict[str, Any]], *, threads: int = 4, passes: int = 2,
                      gate: generation.ServerGate | None = None) -> tuple[generation.GenerationReport, float]:
     """generate() in a thread: returns its report and how long it took, or fails after BOUND_S."""
@@ -80,7 +85,7 @@ def generate_bounded(todo: list[dict[str, Any]], *, threads: int = 4, passes: in
     def target() -> None:
         try:
             box["report"] = generation.generate(
-                None, todo, threads=threads, passes=passes, gate=gate or always_ready_gate(),  # type: ignore[arg-type]
+                None, todo, threads=threads, policy=_policy(passes), gate=gate or always_ready_gate(),  # type: ignore[arg-type]
                 stop=threading.Event(), progress=Progress(),
             )
         except BaseException as error:  # noqa: BLE001 - handed to the test thread

@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from bfcl_ext import bridge
+from bfcl_ext.retry_policy import RetryPolicy
 
 KEY = "serp-key-7c1e"
 
@@ -56,6 +57,10 @@ def _echo_key_in_error(handler: BaseHTTPRequestHandler) -> None:
     handler.wfile.write(body)
 
 
+def _policy(timeout: float, retries: int) -> RetryPolicy:
+    return RetryPolicy(request_timeout=timeout, request_retries=retries, passes=0, recovery_timeout=0.0)
+
+
 @pytest.fixture
 def dripping() -> Iterator[str]:
     yield from _serve(_drip)
@@ -72,7 +77,7 @@ def _failures_of(service: bridge._SearchService) -> tuple[dict, list[str]]:
 
 def test_a_body_sent_a_byte_at_a_time_is_bounded_by_the_request_timeout(dripping: str) -> None:
     stats = bridge.SearchStats()
-    service = bridge._SearchService(dripping, KEY, timeout=1.0, max_retries=1, stats=stats)
+    service = bridge._SearchService(dripping, KEY, _policy(timeout=1.0, retries=1), stats=stats)
     started = time.monotonic()
     payload, failures = _failures_of(service)
     took = time.monotonic() - started
@@ -84,6 +89,6 @@ def test_a_body_sent_a_byte_at_a_time_is_bounded_by_the_request_timeout(dripping
 
 def test_an_error_that_echoes_the_request_never_carries_the_key() -> None:
     for url in _serve(_echo_key_in_error):
-        service = bridge._SearchService(url, KEY, timeout=5.0, max_retries=0, stats=bridge.SearchStats())
+        service = bridge._SearchService(url, KEY, _policy(timeout=5.0, retries=0), stats=bridge.SearchStats())
         payload, failures = _failures_of(service)
         assert failures and KEY not in " ".join(failures) and KEY not in json.dumps(payload)
