@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bfcl_ext import registry
+from bfcl_ext.config import export_for_libraries
 from bfcl_ext.errors import ConfigError
 from bfcl_ext.provenance import sha256_file
 from bfcl_ext.reply_shape import message_problem
@@ -203,10 +204,9 @@ def use_project_root(root: Path) -> None:
     loaded = sys.modules.get("bfcl_eval.constants.eval_config")
     if loaded is not None and Path(loaded.PROJECT_ROOT).resolve() != root:
         raise RuntimeError(f"bfcl-eval was already imported with project root {loaded.PROJECT_ROOT}")
-    os.environ["BFCL_PROJECT_ROOT"] = str(root)
     # prompt-mode handlers load tokenizers with transformers: never wait on a hub we cannot reach
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    export_for_libraries({"BFCL_PROJECT_ROOT": str(root), "TOKENIZERS_PARALLELISM": "false"},
+                         defaults={"HF_HUB_OFFLINE": "1"})
 
 
 # ---------------------------------------------------------------- the registry

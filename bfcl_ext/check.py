@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -115,8 +114,8 @@ def _error_message(response: httpx.Response) -> str:
     return str(error.get("message", error) if isinstance(error, dict) else error)[:200]
 
 
-def check(settings: Settings, environ: Mapping[str, str], interruptions: Interruptions) -> int:
-    with serving(settings, environ) as server:
+def check(settings: Settings, interruptions: Interruptions) -> int:
+    with serving(settings) as server:
         info = wait_ready(settings, server, settings.wait_timeout)
         model = settings.model_name_served or info.models[0]  # no model named: ask the first one served
         trip = tool_call_round_trip(server.endpoint, model, settings.request_timeout)

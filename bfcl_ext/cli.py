@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from bfcl_ext import __version__
-from bfcl_ext.config import API_KEY_FILE_FLAG, OPTIONS, Settings, is_secret_name, process_environment, resolve
+from bfcl_ext.config import (
+    API_KEY_FILE_FLAG,
+    OPTIONS,
+    Settings,
+    debug_requested,
+    is_secret_name,
+    process_environment,
+    resolve,
+)
 from bfcl_ext.errors import EXIT_CONFIG, EXIT_INTERRUPTED, BfclExtError
 
 EXIT_CODES_HELP = """exit codes:
@@ -135,7 +143,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_INTERRUPTED
     except Exception as error:  # noqa: BLE001 - last resort: one line, traceback only on request
         print(f"bfcl-ext: internal error: {type(error).__name__}: {error}", file=sys.stderr)
-        if environ.get("BFCL_EXT_DEBUG"):
+        if debug_requested(environ):
             traceback.print_exc()
         return 1
 
@@ -230,10 +238,10 @@ def _dispatch(args: argparse.Namespace, argv: Sequence[str], environ: Mapping[st
     if args.command == "check":
         from bfcl_ext.check import check
 
-        return check(settings, environ, interruptions)
+        return check(settings, interruptions)
     from bfcl_ext.run import run
 
-    return run(settings, environ, ["bfcl-ext", *argv], interruptions)
+    return run(settings, ["bfcl-ext", *argv], interruptions)
 
 
 def _list_models() -> int:

@@ -339,6 +339,14 @@ class Settings:
     wandb_project: str | None = None  # upstream's W&B upload (WANDB_BFCL_PROJECT), done by bfcl-eval itself
     search_api_key: str | None = field(default=None, repr=False)
     api_key_file: Path | None = None  # where the key was read from (recorded; the key itself never is)
+    debug: bool = False  # BFCL_EXT_DEBUG: an internal error's traceback too
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False)  # the process's, when resolved
+
+    @property
+    def server_environment(self) -> dict[str, str]:
+        """The environment a managed vLLM starts with: ours, less the variables that mean something
+        else to vLLM (it reads VLLM_PORT as its internal port; the key is set apart, never in argv)."""
+        return {key: value for key, value in self.environment.items() if key not in SERVER_HIDDEN_VARIABLES}
 
     @property
     def retry(self) -> RetryPolicy:
@@ -377,6 +385,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
+DEBUG_VARIABLE = "BFCL_EXT_DEBUG"
+# vLLM reads VLLM_PORT itself (its internal communication port), so our meaning of it must not
+# leak into a managed server's environment; VLLM_API_KEY is vLLM's own name for the key, set apart.
+SERVER_HIDDEN_VARIABLES = ("VLLM_PORT", "VLLM_ENDPOINT", "VLLM_BASE_URL", "VLLM_API_KEY")
+
+
 def is_secret_name(name: str) -> bool:
     lowered = name.lower()
     return any(marker in lowered for marker in SECRET_MARKERS)
@@ -409,6 +423,7 @@ def resolve(
         raw[option.name] = value
         sources[option.name] = source
     settings = _build(raw, sources, env_path, environ.get("SLURM_JOB_ID"), apptainer_image)
+    settings = dataclasses.replace(settings, debug=debug_requested(environ), environment=dict(environ))
     wandb_project = environ.get(WANDB_VARIABLE, "")
     if wandb_project and wandb_project != WANDB_PLACEHOLDER:  # bfcl-eval reads the process environment
         settings = dataclasses.replace(settings, wandb_project=wandb_project)
@@ -738,3 +753,17 @@ def require_run_settings(settings: Settings) -> None:
 def process_environment() -> Mapping[str, str]:
     """The process environment, read in this one place."""
     return os.environ
+
+
+def debug_requested(environ: Mapping[str, str]) -> bool:
+    """BFCL_EXT_DEBUG set: an internal error prints its traceback too (also before settings resolve)."""
+    return bool(environ.get(DEBUG_VARIABLE))
+
+
+def export_for_libraries(values: Mapping[str, str], defaults: Mapping[str, str] | None = None) -> None:
+    """Set variables that libraries read from the process environment (bfcl-eval's project root,
+    transformers' and huggingface_hub's switches): ``values`` always, ``defaults`` unless set.
+    The process environment is written in this one place."""
+    os.environ.update(values)
+    for key, value in (defaults or {}).items():
+        os.environ.setdefault(key, value)

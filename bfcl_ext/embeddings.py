@@ -23,6 +23,7 @@ import importlib.util
 import os
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,9 @@ IDENTITY_SKIPPED_DIRS = ("onnx", "openvino")  # other backends' copies of the we
 # ------------------------------------------------------------------------------------- finding
 
 
-def hf_hub_cache_dirs() -> list[Path]:
-    """The cache folders a hub-layout model may be in, most specific first, read from the
-    environment now (huggingface_hub reads it once at import: a later change would be missed).
+def hf_hub_cache_dirs(env: Mapping[str, str]) -> list[Path]:
+    """The cache folders a hub-layout model may be in, most specific first, read from ``env``
+    (Settings.environment: huggingface_hub reads it once at import, a later change would be missed).
 
     HF_HUB_CACHE, else HUGGINGFACE_HUB_CACHE, else $HF_HOME/hub, else
     ${XDG_CACHE_HOME:-~/.cache}/huggingface/hub, as huggingface_hub resolves it; then
@@ -73,7 +74,6 @@ def hf_hub_cache_dirs() -> list[Path]:
     def expand(value: str) -> Path:
         return Path(os.path.expandvars(os.path.expanduser(value)))
 
-    env = os.environ
     home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
     hub = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
     dirs = [expand(hub)]
@@ -137,13 +137,13 @@ def _cached_snapshot(cache_dir: Path) -> Path | None:
     return found[0] if len(found) == 1 else None
 
 
-def resolve_embedding_model(setting: Path | None) -> Path:
+def resolve_embedding_model(setting: Path | None, env: Mapping[str, str]) -> Path:
     """The folder of memory_vector's embedding model, found without any network access.
 
     ``setting`` (BFCL_EXT_EMBEDDING_MODEL/--embedding-model) when given: it must be a folder that
     sentence-transformers can load (modules.json or config.json, and weights). Otherwise the
-    snapshot of sentence-transformers/all-MiniLM-L6-v2 in the local Hugging Face cache
-    (:func:`hf_hub_cache_dirs`). Raises :class:`ConfigError` (exit 2) with a one-line reason.
+    snapshot of sentence-transformers/all-MiniLM-L6-v2 in the local Hugging Face cache that ``env``
+    names (:func:`hf_hub_cache_dirs`). Raises :class:`ConfigError` (exit 2) with a one-line reason.
     """
     if setting is not None:
         folder = Path(setting).expanduser()
@@ -157,7 +157,7 @@ def resolve_embedding_model(setting: Path | None) -> Path:
         return folder.resolve()
 
     looked: list[str] = []
-    for cache_dir in hf_hub_cache_dirs():
+    for cache_dir in hf_hub_cache_dirs(env):
         snapshot = _cached_snapshot(cache_dir)
         if snapshot is None:
             looked.append(f"{cache_dir} (not there)")

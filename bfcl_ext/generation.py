@@ -13,7 +13,6 @@ a pass also ends when no worker is left to answer.
 
 from __future__ import annotations
 
-import os
 import queue
 import sys
 import threading
@@ -90,8 +89,10 @@ def generate(
     gate: ServerGate,
     stop: threading.Event,
     progress: Any,
+    debug: bool = False,
 ) -> GenerationReport:
-    """Run up to ``1 + policy.passes`` passes over ``entries``; each pass asks again what failed before."""
+    """Run up to ``1 + policy.passes`` passes over ``entries``; each pass asks again what failed before.
+    ``debug`` (Settings.debug): a worker's internal error prints its traceback too."""
     report = GenerationReport()
     remaining = entries
     for attempt in range(policy.passes + 1):
@@ -99,7 +100,7 @@ def generate(
             report.entries_retried += len(remaining)
             stop.wait(policy.before_pass(attempt))  # a stop request ends the wait
         report.passes += 1
-        remaining = _one_pass(session, remaining, threads, gate, stop, progress, report)
+        remaining = _one_pass(session, remaining, threads, gate, stop, progress, report, debug)
         if not remaining or stop.is_set() or gate.abandoned_reason or report.fatal:
             break
     report.failed_ids = sorted(entry["id"] for entry in remaining)
@@ -117,6 +118,7 @@ def _one_pass(
     stop: threading.Event,
     progress: Any,
     report: GenerationReport,
+    debug: bool,
 ) -> list[dict[str, Any]]:
     """One pass; returns the entries still without an answer. Honours ``depends_on`` (memory)."""
     by_id = {entry["id"]: entry for entry in entries}
@@ -132,7 +134,7 @@ def _one_pass(
         work.put(entry)
 
     workers = [
-        threading.Thread(target=_worker, args=(session, work, done, gate, stop, report), daemon=True)
+        threading.Thread(target=_worker, args=(session, work, done, gate, stop, report, debug), daemon=True)
         for _ in range(min(threads, max(1, len(entries))))
     ]
     for worker in workers:
@@ -204,6 +206,7 @@ def _worker(
     gate: ServerGate,
     stop: threading.Event,
     report: GenerationReport,
+    debug: bool,
 ) -> None:
     """Every entry taken is settled on ``done``, whatever happens: an exception is reported as fatal."""
     while True:
@@ -215,7 +218,7 @@ def _worker(
         except BfclExtError as error:  # an answer that cannot be written: the user can act on it
             done.put((entry["id"], False, error))
         except BaseException as error:  # noqa: BLE001 - a bug: it stops the run, it never hangs it
-            done.put((entry["id"], False, _worker_error(entry["id"], error)))
+            done.put((entry["id"], False, _worker_error(entry["id"], error, debug)))
         else:
             done.put((entry["id"], ok, None))
 
@@ -238,11 +241,11 @@ def _ask(
     return True
 
 
-def _worker_error(entry_id: str, error: BaseException) -> WorkerError:
-    """One line: what was raised, and where (BFCL_EXT_DEBUG=1 prints the traceback too)."""
+def _worker_error(entry_id: str, error: BaseException, debug: bool) -> WorkerError:
+    """One line: what was raised, and where (``debug``, BFCL_EXT_DEBUG=1: the traceback too)."""
     frames = traceback.extract_tb(error.__traceback__)
     where = f" ({Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
-    if os.environ.get("BFCL_EXT_DEBUG"):
+    if debug:
         traceback.print_exception(error, file=sys.stderr)
     message = f"{type(error).__name__}: {error}".rstrip(": ")
     wrapped = WorkerError(f"internal error in a worker while answering {entry_id}: {message}{where}; "

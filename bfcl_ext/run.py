@@ -83,7 +83,7 @@ def _embedding_model(settings: Settings) -> Path:
     from bfcl_ext import embeddings
 
     embeddings.require_embedding_packages()
-    return embeddings.resolve_embedding_model(settings.embedding_model)
+    return embeddings.resolve_embedding_model(settings.embedding_model, settings.environment)
 
 
 def load_server_facts(settings: Settings) -> provenance.ServerFacts | None:
@@ -154,7 +154,7 @@ def _managed_port(settings: Settings) -> int:
 
 
 @contextlib.contextmanager
-def serving(settings: Settings, environ: Mapping[str, str]) -> Iterator[Server]:
+def serving(settings: Settings) -> Iterator[Server]:
     """Skip mode: the configured server, untouched. Managed: a vLLM we start now and stop on the way out."""
     if settings.skip_vllm:
         yield Server(settings.endpoint, None)
@@ -173,7 +173,7 @@ def serving(settings: Settings, environ: Mapping[str, str]) -> Iterator[Server]:
     )
     log_path = settings.output_dir / "logs" / "vllm-server.log"
     print(f"bfcl-ext: starting vLLM: {' '.join(argv)} (log: {log_path})", file=sys.stderr)
-    server = ManagedServer(argv, environ, settings.endpoint.api_key, log_path, settings.stop_grace)
+    server = ManagedServer(argv, settings.server_environment, settings.endpoint.api_key, log_path, settings.stop_grace)
     try:
         server.start()
     except FileNotFoundError as error:
@@ -215,21 +215,21 @@ def _gate(settings: Settings, server: Server) -> generation.ServerGate:
     return generation.ServerGate(ready_now, wait_again)
 
 
-def run(settings: Settings, environ: Mapping[str, str], argv: Sequence[str], interruptions: Interruptions) -> int:
+def run(settings: Settings, argv: Sequence[str], interruptions: Interruptions) -> int:
     plan = validate(settings)
     server_facts = load_server_facts(settings)
     with output_folder(settings):
         run_identity.check(settings.output_dir, _settings_identity(settings))
-        return _run_locked(settings, environ, argv, interruptions, plan, server_facts)
+        return _run_locked(settings, argv, interruptions, plan, server_facts)
 
 
 def _run_locked(
-    settings: Settings, environ: Mapping[str, str], argv: Sequence[str], interruptions: Interruptions,
+    settings: Settings, argv: Sequence[str], interruptions: Interruptions,
     plan: CategoryPlan, server_facts: provenance.ServerFacts | None,
 ) -> int:
     started = time.time()
     bridge.use_project_root(settings.output_dir / ".bfcl-eval")  # its lock files and empty default folders
-    with serving(settings, environ) as server:
+    with serving(settings) as server:
         # Everything that needs no server first: in managed mode it overlaps vLLM loading, and
         # the first request leaves as soon as the server is ready.
         stats = bridge.RequestStats()
@@ -269,7 +269,7 @@ def _run_locked(
         scores = {} if report.stopped or report.fatal else _score_complete_categories(
             session, plan.run, entries, answered, settings)
         context = RunContext(settings, plan.run, entries, answered, info, server, session, report, repaired,
-                             started, ready_at, time.time(), argv, environ, server_facts, plan, tools)
+                             started, ready_at, time.time(), argv, server_facts, plan, tools)
         if report.fatal is not None:  # an answer could not be written, or a worker failed: stop here
             _write_outputs_if_possible(context)
             raise report.fatal
@@ -361,7 +361,7 @@ def _generate(
         with interruptions.deferred():
             return generation.generate(
                 session, pending, threads=settings.num_threads, policy=settings.retry,
-                gate=_gate(settings, server), stop=interruptions.stop, progress=progress,
+                gate=_gate(settings, server), stop=interruptions.stop, progress=progress, debug=settings.debug,
             )
 
 
@@ -380,7 +380,6 @@ class RunContext:
     ready_at: float
     finished: float
     argv: Sequence[str]
-    environ: Mapping[str, str]
     server_facts: provenance.ServerFacts | None = None
     plan: CategoryPlan | None = None
     tools: Tools = Tools()
@@ -504,7 +503,7 @@ def _manifest(context: RunContext) -> dict[str, Any]:
         **host,
         "command": manifest.redact_argv(context.argv),
         "settings": settings.redacted(),
-        "environment": manifest.redact_environment(context.environ),
+        "environment": manifest.redact_environment(context.settings.environment),
         "server": _server_record(context, launched_with, host["gpus"]),
         "images": _images_record(settings, context.server_facts),
         "sampling": {

@@ -19,9 +19,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
-# vLLM reads VLLM_PORT itself (its internal communication port), so our meaning of it must not
-# leak into the server's environment; VLLM_API_KEY is vLLM's own name for the key, set below.
-_OUR_VARIABLES = ("VLLM_PORT", "VLLM_ENDPOINT", "VLLM_BASE_URL", "VLLM_API_KEY")
 SLURM_PORT_SPAN = 20000  # ports 20000-39999
 SLURM_PORT_BASE = 20000
 _PR_SET_PDEATHSIG = 1
@@ -83,7 +80,7 @@ class ManagedServer:
     def __init__(
         self,
         argv: Sequence[str],
-        environ: Mapping[str, str],
+        environ: Mapping[str, str],  # Settings.server_environment: our variables already taken out
         api_key: str | None,
         log_path: Path,
         grace: float,
@@ -108,7 +105,7 @@ class ManagedServer:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {key: value for key, value in self._environ.items() if key not in _OUR_VARIABLES}
+        env = dict(self._environ)
         if self._api_key:
             env["VLLM_API_KEY"] = self._api_key  # the environment, never argv: argv shows in `ps`
         with self.log_path.open("ab") as log:

@@ -8,6 +8,7 @@ imports bfcl-eval's memory_vector module and encodes with it, with sockets block
 
 from __future__ import annotations
 
+import os
 import hashlib
 import importlib.util
 import json
@@ -66,24 +67,24 @@ def config_error(excinfo: pytest.ExceptionInfo[ConfigError]) -> str:
 
 
 def test_setting_folder_is_used_as_given(tiny_folder: Path, hf_home: Path) -> None:
-    assert resolve_embedding_model(tiny_folder) == tiny_folder.resolve()
+    assert resolve_embedding_model(tiny_folder, os.environ) == tiny_folder.resolve()
 
 
 def test_setting_relative_folder_becomes_absolute(tiny_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tiny_folder.parent)
-    resolved = resolve_embedding_model(Path(tiny_folder.name))
+    resolved = resolve_embedding_model(Path(tiny_folder.name), os.environ)
     assert resolved.is_absolute() and resolved == tiny_folder.resolve()
 
 
 def test_setting_wins_over_the_cache(tiny_folder: Path, hf_home: Path) -> None:
     make_tiny_embedding_cache(hf_home / "hub")
-    assert resolve_embedding_model(tiny_folder) == tiny_folder.resolve()
+    assert resolve_embedding_model(tiny_folder, os.environ) == tiny_folder.resolve()
 
 
 def test_setting_missing_folder_is_a_config_error(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
     with pytest.raises(ConfigError) as excinfo:
-        resolve_embedding_model(missing)
+        resolve_embedding_model(missing, os.environ)
     message = config_error(excinfo)
     assert message.startswith(f"{EMBEDDING_SETTING}={str(missing)!r}: does not exist")
     assert excinfo.value.setting == EMBEDDING_SETTING
@@ -91,7 +92,7 @@ def test_setting_missing_folder_is_a_config_error(tmp_path: Path) -> None:
 
 def test_setting_empty_folder_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as excinfo:
-        resolve_embedding_model(tmp_path)
+        resolve_embedding_model(tmp_path, os.environ)
     message = config_error(excinfo)
     assert message.startswith(f"{EMBEDDING_SETTING}={str(tmp_path)!r}")
     assert "no modules.json or config.json" in message
@@ -99,7 +100,7 @@ def test_setting_empty_folder_is_a_config_error(tmp_path: Path) -> None:
 
 def test_setting_file_is_a_config_error(tiny_folder: Path) -> None:
     with pytest.raises(ConfigError) as excinfo:
-        resolve_embedding_model(tiny_folder / "modules.json")
+        resolve_embedding_model(tiny_folder / "modules.json", os.environ)
     assert "is not a folder" in config_error(excinfo)
 
 
@@ -107,7 +108,7 @@ def test_setting_folder_without_weights_is_a_config_error(tiny_folder: Path, tmp
     copy = shutil.copytree(tiny_folder, tmp_path / "no-weights")
     (copy / "model.safetensors").unlink()
     with pytest.raises(ConfigError) as excinfo:
-        resolve_embedding_model(copy)
+        resolve_embedding_model(copy, os.environ)
     assert "has no weights" in config_error(excinfo)
 
 
@@ -116,7 +117,7 @@ def test_setting_folder_without_weights_is_a_config_error(tiny_folder: Path, tmp
 
 def test_cache_hit_through_hf_home(hf_home: Path) -> None:
     snapshot = make_tiny_embedding_cache(hf_home / "hub")
-    found = resolve_embedding_model(None)
+    found = resolve_embedding_model(None, os.environ)
     assert found == snapshot
     assert found.parent.name == "snapshots" and found.parent.parent.name == REPO_DIR
     assert (found / "modules.json").is_symlink()  # the snapshot, not the blob it links to
@@ -126,14 +127,14 @@ def test_cache_hit_through_hf_hub_cache_before_hf_home(hf_home: Path, tmp_path: 
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     snapshot = make_tiny_embedding_cache(tmp_path / "elsewhere")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
-    assert resolve_embedding_model(None) == snapshot
+    assert resolve_embedding_model(None, os.environ) == snapshot
 
 
 def test_cache_hit_through_sentence_transformers_home(hf_home: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     snapshot = make_tiny_embedding_cache(tmp_path / "st-home")
     monkeypatch.setenv("SENTENCE_TRANSFORMERS_HOME", str(tmp_path / "st-home"))
-    assert resolve_embedding_model(None) == snapshot
+    assert resolve_embedding_model(None, os.environ) == snapshot
 
 
 def test_cache_lookup_agrees_with_huggingface_hub(hf_home: Path) -> None:
@@ -144,14 +145,14 @@ def test_cache_lookup_agrees_with_huggingface_hub(hf_home: Path) -> None:
     cache = hf_home / "hub"
     snapshot = make_tiny_embedding_cache(cache)
     hub_says = snapshot_download(tiny_embedding.HUB_REPO_ID, cache_dir=cache, local_files_only=True)
-    assert Path(hub_says) == resolve_embedding_model(None) == snapshot
+    assert Path(hub_says) == resolve_embedding_model(None, os.environ) == snapshot
     weights = try_to_load_from_cache(tiny_embedding.HUB_REPO_ID, "model.safetensors", cache_dir=cache)
     assert isinstance(weights, str) and Path(weights) == snapshot / "model.safetensors"
 
 
 def test_cache_miss_is_a_config_error_saying_where_and_how(hf_home: Path) -> None:
     with pytest.raises(ConfigError) as excinfo:
-        resolve_embedding_model(None)
+        resolve_embedding_model(None, os.environ)
     message = config_error(excinfo)
     assert message.startswith(f"{EMBEDDING_SETTING}='': ")
     assert f"looked in {hf_home / 'hub'} (not there)" in message
@@ -164,7 +165,7 @@ def test_cache_with_missing_blobs_is_a_config_error(hf_home: Path) -> None:
     snapshot = make_tiny_embedding_cache(hf_home / "hub")
     shutil.rmtree(hf_home / "hub" / REPO_DIR / "blobs")
     with pytest.raises(ConfigError) as excinfo:
-        resolve_embedding_model(None)
+        resolve_embedding_model(None, os.environ)
     message = config_error(excinfo)
     assert f"{snapshot} (is not a sentence-transformers model folder" in message
 
@@ -172,10 +173,10 @@ def test_cache_with_missing_blobs_is_a_config_error(hf_home: Path) -> None:
 def test_cache_without_refs_main_takes_a_single_snapshot_only(hf_home: Path) -> None:
     snapshot = make_tiny_embedding_cache(hf_home / "hub")
     (hf_home / "hub" / REPO_DIR / "refs" / "main").unlink()
-    assert resolve_embedding_model(None) == snapshot
+    assert resolve_embedding_model(None, os.environ) == snapshot
     shutil.copytree(snapshot, snapshot.with_name("0" * 40), symlinks=True)  # which one is "main"?
     with pytest.raises(ConfigError):
-        resolve_embedding_model(None)
+        resolve_embedding_model(None, os.environ)
 
 
 # ------------------------------------------------------------------------ packages and loading, no torch
@@ -323,7 +324,7 @@ def test_tiny_model_is_deterministic_and_self_consistent(tiny_folder: Path) -> N
 
 # Run by the full venv's python. Blocks sockets first: nothing may reach for the network.
 E2E_SCRIPT = r"""
-import json, socket, sys, threading
+import json, os, socket, sys, threading
 attempts = []
 def refuse(self, address, *args):
     attempts.append(repr(address))
@@ -336,7 +337,7 @@ from bfcl_ext.embeddings import (MEMORY_VECTOR_MODULE, embedding_identity, requi
                                  resolve_embedding_model, use_embedding_model)
 setting, other = (Path(a) if a else None for a in [*sys.argv[1:], "", ""][:2])
 require_embedding_packages()
-path = resolve_embedding_model(setting)
+path = resolve_embedding_model(setting, os.environ)
 errors = []
 def call():
     try:

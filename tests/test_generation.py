@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from bfcl_ext import bridge, generation
+from bfcl_ext.config import resolve
 from bfcl_ext.errors import EXIT_INTERNAL, EXIT_OUTPUT, OutputError, WorkerError
 from bfcl_ext.retry_policy import RetryPolicy
 
@@ -77,7 +78,7 @@ def _policy(passes: int) -> RetryPolicy:
     return RetryPolicy(request_timeout=600.0, request_retries=0, passes=passes, recovery_timeout=0.0)
 
 
-def generate_bounded(todo: list[dict[str, Any]], *, threads: int = 4, passes: int = 2,
+def generate_bounded(todo: list[dict[str, Any]], *, threads: int = 4, passes: int = 2, debug: bool = False,
                      gate: generation.ServerGate | None = None) -> tuple[generation.GenerationReport, float]:
     """generate() in a thread: returns its report and how long it took, or fails after BOUND_S."""
     box: dict[str, Any] = {}
@@ -86,7 +87,7 @@ def generate_bounded(todo: list[dict[str, Any]], *, threads: int = 4, passes: in
         try:
             box["report"] = generation.generate(
                 None, todo, threads=threads, policy=_policy(passes), gate=gate or always_ready_gate(),  # type: ignore[arg-type]
-                stop=threading.Event(), progress=Progress(),
+                stop=threading.Event(), progress=Progress(), debug=debug,
             )
         except BaseException as error:  # noqa: BLE001 - handed to the test thread
             box["error"] = error
@@ -134,13 +135,14 @@ def test_a_base_exception_in_a_worker_is_caught_too(fake: Fake) -> None:
     assert "while answering e_005: SystemExit: 3" in str(report.fatal)
 
 
-def test_bfcl_ext_debug_prints_the_workers_traceback(fake: Fake, monkeypatch: pytest.MonkeyPatch,
+def test_bfcl_ext_debug_prints_the_workers_traceback(fake: Fake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     fake.raise_on["e_002"] = KeyError("missing")
     generate_bounded(entries(5), threads=1)
     assert "Traceback" not in capsys.readouterr().err
-    monkeypatch.setenv("BFCL_EXT_DEBUG", "1")
-    report, _ = generate_bounded(entries(5), threads=1)
+    monkeypatch.chdir(tmp_path)  # no stray ./.env
+    debug = resolve({}, {"BFCL_EXT_DEBUG": "1"}).debug  # as the CLI resolves it
+    report, _ = generate_bounded(entries(5), threads=1, debug=debug)
     assert "Traceback" in capsys.readouterr().err and isinstance(report.fatal, WorkerError)
 
 
