@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -217,7 +218,7 @@ def _model_ids(payload: dict[str, Any]) -> list[str]:
 def _server_version(session: requests.Session, endpoint: Endpoint, timeout: float) -> str | None:
     """Best effort: not every OpenAI-compatible server has ``/version``."""
     try:
-        response = session.get(endpoint.root_url("/version"), headers=endpoint.auth_headers(), timeout=timeout)
+        response = _whole_get(session, endpoint.root_url("/version"), endpoint.auth_headers(), timeout)
         payload = response.json() if response.status_code == 200 else None
     except (requests.RequestException, ValueError):
         return None
@@ -227,9 +228,35 @@ def _server_version(session: requests.Session, endpoint: Endpoint, timeout: floa
 
 def _get(session: requests.Session, endpoint: Endpoint, url: str, timeout: float) -> requests.Response:
     try:
-        return session.get(url, headers=endpoint.auth_headers(), timeout=timeout)
+        return _whole_get(session, url, endpoint.auth_headers(), timeout)
     except requests.RequestException as exc:
         raise _request_failure(exc, url, timeout) from None
+
+
+WHOLE_REPLY_GRACE_S = 0.5  # past the timeout, for requests' own ReadTimeout to come first when it is one
+
+
+def _whole_get(session: requests.Session, url: str, headers: dict[str, str], timeout: float) -> requests.Response:
+    """``session.get`` with its whole reply bounded by ``timeout``: requests' timeout bounds each read
+    only, so a server that sends its status line, headers or body a byte at a time kept one probe
+    (and the wait, whatever --wait-timeout said) going for minutes. The request runs in a daemon
+    thread, left to end on its own when the reply is not complete in time (the session is closed)."""
+    done: dict[str, Any] = {}
+
+    def fetch() -> None:
+        try:
+            done["response"] = session.get(url, headers=headers, timeout=timeout)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            done["error"] = exc
+
+    worker = threading.Thread(target=fetch, name="bfcl-ext-readiness-probe", daemon=True)
+    worker.start()
+    worker.join(timeout + WHOLE_REPLY_GRACE_S)
+    if worker.is_alive():
+        raise requests.exceptions.ReadTimeout(f"no whole reply from {url} within {timeout:g}s")
+    if "error" in done:
+        raise done["error"]
+    return done["response"]  # type: ignore[no-any-return]
 
 
 def _raise_for_auth(response: requests.Response, endpoint: Endpoint, url: str) -> None:

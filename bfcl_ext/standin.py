@@ -4,8 +4,9 @@ It speaks the parts of vLLM's HTTP API that bfcl-eval uses, with vLLM 0.32's sta
 and JSON shapes, and answers BFCL's single-turn questions from BFCL's own ground truth
 (``mode="oracle"``), or wrongly on purpose (``mode="wrong"``, ``"wrong-category:<cat>"``).
 Faults can be injected: a port that opens late, latency, replies that trickle in a byte at a time
-(the body, or the status line and headers), 500s, 429s, replies with status 200 a client cannot use
-(``BAD_REPLY_KINDS``), a concurrency cap and a crash after N requests.
+(the body, or the status line and headers; or the readiness probes' whole replies), 500s, 429s,
+replies with status 200 a client cannot use (``BAD_REPLY_KINDS``), a concurrency cap and a crash
+after N requests.
 ``GET /standin/stats`` counts what it did, and what it was sent: ``request_fields`` counts each
 distinct set of request fields other than the question (``CONTENT_FIELDS``), as sorted JSON.
 Standard library only.
@@ -130,6 +131,7 @@ class StandinOptions:
     latency: float = 0.0
     trickle: float = 0.0  # seconds between the bytes of each completion's body (a reply that never ends)
     trickle_headers: float = 0.0  # the same for its status line and headers (sent before the body)
+    trickle_probes: float = 0.0  # /health, /version and /v1/models: their whole reply, a byte every so many seconds
     error_rate: float = 0.0
     rate_limit_rate: float = 0.0
     bad_reply_rate: float = 0.0  # share of completions answered 200 with an unusable body
@@ -157,7 +159,7 @@ class StandinOptions:
         if unknown or not self.bad_reply_kinds:
             raise ValueError(f"bad_reply_kinds={','.join(self.bad_reply_kinds)!r}: expected one or more of "
                              f"{', '.join(BAD_REPLY_KINDS)}")
-        for name in ("load_delay", "latency", "trickle", "trickle_headers"):
+        for name in ("load_delay", "latency", "trickle", "trickle_headers", "trickle_probes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must not be negative")
         for name in ("max_concurrency", "die_after"):
@@ -916,16 +918,19 @@ class _Handler(BaseHTTPRequestHandler):
     # -- honest endpoints
 
     def _health(self, _body: bytes) -> None:
-        self._send(HTTPStatus.OK, b"", None)
+        slow = self.server.options.trickle_probes
+        self._send(HTTPStatus.OK, b"", None, trickle=slow, trickle_headers=slow)
 
     def _version(self, _body: bytes) -> None:
-        self._send_json(HTTPStatus.OK, {"version": self.server.options.version})
+        slow = self.server.options.trickle_probes
+        self._send_json(HTTPStatus.OK, {"version": self.server.options.version}, trickle=slow, trickle_headers=slow)
 
     def _models(self, _body: bytes) -> None:
         names = self.server.options.served_model_names
         root = self.server.options.model_root or names[0]
         cards = [_model_card(name, root, self.server.started) for name in names]
-        self._send_json(HTTPStatus.OK, {"object": "list", "data": cards})
+        slow = self.server.options.trickle_probes
+        self._send_json(HTTPStatus.OK, {"object": "list", "data": cards}, trickle=slow, trickle_headers=slow)
 
     def _stats(self, _body: bytes) -> None:
         self._send_json(HTTPStatus.OK, self.server.state.snapshot())
@@ -1321,6 +1326,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--trickle-headers", type=float, default=0.0, metavar="SECONDS",
                         help="send each completion's status line and headers one byte every SECONDS, then its "
                         "body (at once, or as --trickle says)")
+    parser.add_argument("--trickle-probes", type=float, default=0.0, metavar="SECONDS",
+                        help="send the whole reply to /health, /version and /v1/models (status line, headers, "
+                        "body) one byte every SECONDS: readiness probes that never end")
     parser.add_argument("--error-rate", type=float, default=0.0, help="share of completions answered 500")
     parser.add_argument("--rate-limit-rate", type=float, default=0.0, help="share answered 429")
     parser.add_argument("--bad-reply-rate", type=float, default=0.0,
@@ -1371,6 +1379,7 @@ def _options_from(args: argparse.Namespace) -> StandinOptions:
         latency=args.latency,
         trickle=args.trickle,
         trickle_headers=args.trickle_headers,
+        trickle_probes=args.trickle_probes,
         error_rate=args.error_rate,
         rate_limit_rate=args.rate_limit_rate,
         bad_reply_rate=args.bad_reply_rate,

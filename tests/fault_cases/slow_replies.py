@@ -1,9 +1,11 @@
 """Rows: a reply that never ends. httpx's timeout bounds each read, so a server that sends a byte
 every second (of its body, or of its status line and headers) kept one request going for minutes;
---request-timeout now bounds the whole reply, headers included."""
+--request-timeout now bounds the whole reply, headers included. bfcl-ext check's round trip, and the
+readiness probes of a run and of check (--wait-timeout), are bounded the same way."""
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -71,6 +73,42 @@ def _check_check_bounded(outcome: Outcome) -> None:
     assert outcome.notes["took"] < 30, outcome.notes["took"]  # start-up and one 2 s try; as sent, minutes
 
 
+PROBE_TRICKLE = 0.5  # seconds per byte of /health, /version and /v1/models (status line, headers, body)
+WAIT = 5  # --wait-timeout
+
+
+def _wait_for_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"the stand-in's port {port} did not open"
+            time.sleep(0.05)
+
+
+def _probes_trickled(command: str) -> Any:
+    """Readiness probes whose replies trickle a byte every 0.5 s: requests' timeout bounds each read only,
+    so one probe took minutes and --wait-timeout 5 waited that long (a run and check alike)."""
+
+    def scenario(ctx: Any) -> Outcome:
+        standin = ctx.standin_factory("--trickle-probes", str(PROBE_TRICKLE), wait=False)  # /health trickles too
+        _wait_for_port(standin.port)
+        out = ctx.tmp_path / "out"
+        args = run_args(out, "--limit", "2") if command == "run" else ["check", "--skip-vllm"]
+        started = time.monotonic()
+        done = cli([*args, "--wait-timeout", str(WAIT)], endpoint_env(standin), ctx.tmp_path, timeout=120)
+        return Outcome(done, out, notes={"took": time.monotonic() - started, "standin": standin})
+
+    return scenario
+
+
+def _check_wait_bounded(outcome: Outcome) -> None:
+    assert outcome.notes["took"] < 30, outcome.notes["took"]  # start-up and a 5 s wait; as sent, minutes
+    assert outcome.notes["standin"].stats()["ok"] == 0  # no question was asked of a server never ready
+
+
 HUGE = "1e10"  # a socket timeout this long overflows: OverflowError from socket.settimeout
 
 
@@ -105,6 +143,10 @@ CASES = [
     Case("check against a status line and headers that trickle (--request-timeout 2 bounds them too)",
          SECTION, _check_trickled("--trickle-headers", str(HEADER_TRICKLE)), 3,
          "ReadTimeout: no whole reply within 2s", check=_check_check_bounded),
+    Case("readiness probes whose replies trickle a byte every 0.5 s: run --wait-timeout 5 ends then", SECTION,
+         _probes_trickled("run"), 3, "was not ready after", check=_check_wait_bounded),
+    Case("readiness probes whose replies trickle a byte every 0.5 s: check --wait-timeout 5 ends then", SECTION,
+         _probes_trickled("check"), 3, "was not ready after", check=_check_wait_bounded),
     Case("run --request-timeout 1e10 (each request's OverflowError was scored as the model's answer, exit 0)",
          SECTION, _huge_timeout("run"), 2, "--request-timeout='1e10': must be between 1 and 1000000",
          check=_check_refused_before_asking),
