@@ -86,6 +86,22 @@ def _number(kind: type, low: float, high: float | None = None) -> Callable[[str,
     return parse
 
 
+MAX_NUM_THREADS = 1024
+AUTO_THREADS = "auto"  # concurrency that follows the server's /metrics (bfcl_ext.concurrency)
+
+
+def _threads(label: str, raw: str) -> int | str:
+    """A number of concurrent requests, or ``auto``."""
+    if raw.strip().lower() == AUTO_THREADS:
+        return AUTO_THREADS
+    try:
+        return _number(int, 1, MAX_NUM_THREADS)(label, raw)
+    except ConfigError as error:
+        if "not an integer" not in str(error):
+            raise
+        raise ConfigError(label, raw, "not an integer, nor 'auto'") from None
+
+
 def _optional_int(low: int) -> Callable[[str, str], int | None]:
     as_int = _number(int, low)
 
@@ -240,7 +256,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("served_model_name", "BFCL_EXT_SERVED_MODEL_NAME", "--served-model-name", None, _optional_text,
            "name the server serves the model under, if not the model name"),
     Option("num_threads", "BFCL_EXT_NUM_THREADS", "--num-threads", DEFAULT_NUM_THREADS,
-           _number(int, 1, 1024), "concurrent requests"),
+           _threads, "concurrent requests: a number, or 'auto' (follow vLLM's /metrics: more while its batch has "
+           f"free slots, fewer once requests wait; {DEFAULT_NUM_THREADS} where the server has no /metrics)"),
     Option("vllm_command", "BFCL_EXT_VLLM_COMMAND", "--vllm-command", ("vllm", "serve"), _words,
            "command that starts vLLM (managed mode)"),
     Option("vllm_args", "BFCL_EXT_VLLM_ARGS", "--vllm-args", (), _words,
@@ -309,7 +326,7 @@ class Settings:
     output_dir: Path
     wait_timeout: float
     served_model_name: str | None
-    num_threads: int
+    num_threads: int | str  # a number, or AUTO_THREADS
     vllm_command: tuple[str, ...]
     vllm_args: tuple[str, ...]
     vllm_bind: str

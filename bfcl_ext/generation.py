@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bfcl_ext import bridge
+from bfcl_ext.concurrency import Concurrency, Limiter
 from bfcl_ext.errors import BfclExtError, WorkerError
 from bfcl_ext.retry_policy import RetryPolicy
 
@@ -41,6 +42,7 @@ class GenerationReport:
     stopped: bool = False
     first_request_at: float | None = None
     fatal: BfclExtError | None = None  # what stopped the run early (the first one), to raise once files are safe
+    concurrency: dict[str, Any] = field(default_factory=dict)  # Concurrency.record(): mode, min/median/max cap
 
 
 class ServerGate:
@@ -84,7 +86,7 @@ def generate(
     session: bridge.Session,
     entries: list[dict[str, Any]],
     *,
-    threads: int,
+    threads: int | Concurrency,
     policy: RetryPolicy,
     gate: ServerGate,
     stop: threading.Event,
@@ -92,17 +94,24 @@ def generate(
     debug: bool = False,
 ) -> GenerationReport:
     """Run up to ``1 + policy.passes`` passes over ``entries``; each pass asks again what failed before.
+    ``threads``: a fixed number, or a ``Concurrency`` whose cap may change while it runs (auto).
     ``debug`` (Settings.debug): a worker's internal error prints its traceback too."""
     report = GenerationReport()
     remaining = entries
-    for attempt in range(policy.passes + 1):
-        if attempt:
-            report.entries_retried += len(remaining)
-            stop.wait(policy.before_pass(attempt))  # a stop request ends the wait
-        report.passes += 1
-        remaining = _one_pass(session, remaining, threads, gate, stop, progress, report, debug)
-        if not remaining or stop.is_set() or gate.abandoned_reason or report.fatal:
-            break
+    concurrency = threads if isinstance(threads, Concurrency) else Concurrency(threads)
+    concurrency.start()
+    try:
+        for attempt in range(policy.passes + 1):
+            if attempt:
+                report.entries_retried += len(remaining)
+                stop.wait(policy.before_pass(attempt))  # a stop request ends the wait
+            report.passes += 1
+            remaining = _one_pass(session, remaining, concurrency, gate, stop, progress, report, debug)
+            if not remaining or stop.is_set() or gate.abandoned_reason or report.fatal:
+                break
+    finally:
+        concurrency.stop()
+    report.concurrency = concurrency.record()
     report.failed_ids = sorted(entry["id"] for entry in remaining)
     report.recoveries = gate.recoveries
     report.abandoned_reason = gate.abandoned_reason
@@ -113,7 +122,7 @@ def generate(
 def _one_pass(
     session: bridge.Session,
     entries: list[dict[str, Any]],
-    threads: int,
+    concurrency: Concurrency,
     gate: ServerGate,
     stop: threading.Event,
     progress: Any,
@@ -133,17 +142,23 @@ def _one_pass(
     for entry in sorted((by_id[i] for i, parents in waiting_on.items() if not parents), key=bridge.sort_key):
         work.put(entry)
 
-    workers = [
-        threading.Thread(target=_worker, args=(session, work, done, gate, stop, report, debug), daemon=True)
-        for _ in range(min(threads, max(1, len(entries))))
-    ]
-    for worker in workers:
-        worker.start()
+    limiter, over = concurrency.limiter, threading.Event()  # over: the pass is done, workers still waiting go
+    workers: list[threading.Thread] = []
 
+    def add_workers() -> None:  # up to the cap (which an auto run raises while it runs)
+        while len(workers) < min(limiter.cap, max(1, len(entries))):
+            worker = threading.Thread(target=_worker, args=(session, work, done, gate, stop, report, debug,
+                                                            limiter, over), daemon=True)
+            worker.start()
+            workers.append(worker)
+
+    add_workers()
     answered: set[str] = set()
     settled = 0
     stop_seen_at: float | None = None
     while settled < len(entries):
+        if stop_seen_at is None and report.fatal is None and not stop.is_set():
+            add_workers()
         if stop.is_set() or report.fatal is not None:
             if stop_seen_at is None:
                 stop_seen_at = time.monotonic()
@@ -176,6 +191,7 @@ def _one_pass(
                     work.put(by_id[child])
         else:
             settled += _settle_descendants(entry_id, children, waiting_on)
+    over.set()  # a worker waiting for a slot goes; one holding a slot takes its None
     for _ in workers:
         work.put(None)
     return [entry for entry in entries if entry["id"] not in answered]
@@ -207,20 +223,29 @@ def _worker(
     stop: threading.Event,
     report: GenerationReport,
     debug: bool,
+    limiter: Limiter,
+    over: threading.Event,
 ) -> None:
-    """Every entry taken is settled on ``done``, whatever happens: an exception is reported as fatal."""
-    while True:
-        entry = work.get()
-        if entry is None:
-            return
+    """Every entry taken is settled on ``done``, whatever happens: an exception is reported as fatal.
+    A slot of ``limiter`` is taken before an entry, and given back once its answer is settled."""
+    while limiter.acquire(over):
         try:
-            ok = _ask(session, entry, gate, stop, report)
-        except BfclExtError as error:  # an answer that cannot be written: the user can act on it
-            done.put((entry["id"], False, error))
-        except BaseException as error:  # noqa: BLE001 - a bug: it stops the run, it never hangs it
-            done.put((entry["id"], False, _worker_error(entry["id"], error, debug)))
-        else:
-            done.put((entry["id"], ok, None))
+            entry = work.get()
+            if entry is None:
+                return
+            limiter.working(1)
+            try:
+                ok = _ask(session, entry, gate, stop, report)
+            except BfclExtError as error:  # an answer that cannot be written: the user can act on it
+                done.put((entry["id"], False, error))
+            except BaseException as error:  # noqa: BLE001 - a bug: it stops the run, it never hangs it
+                done.put((entry["id"], False, _worker_error(entry["id"], error, debug)))
+            else:
+                done.put((entry["id"], ok, None))
+            finally:
+                limiter.working(-1)
+        finally:
+            limiter.release()
 
 
 def _ask(

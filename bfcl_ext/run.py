@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bfcl_ext import bridge, folder_lock, generation, manifest, provenance, readiness, run_identity
+from bfcl_ext import bridge, concurrency, folder_lock, generation, manifest, provenance, readiness, run_identity
 from bfcl_ext.bundle import leaderboard_claim, read_leaderboard
-from bfcl_ext.config import SEARCH_KEY_VARIABLE, Settings, require_run_settings
+from bfcl_ext.config import AUTO_THREADS, DEFAULT_NUM_THREADS, SEARCH_KEY_VARIABLE, Settings, require_run_settings
 from bfcl_ext.endpoint import Endpoint
 from bfcl_ext.errors import ConfigError, EntriesFailedError, NotReadyError
 from bfcl_ext.server import ManagedServer, choose_port, server_command
@@ -357,12 +357,30 @@ def _generate(
 ) -> generation.GenerationReport:
     from tqdm import tqdm
 
+    threads = _concurrency(settings, server)  # before the progress bar: its line is its own
     with tqdm(total=len(pending), desc="bfcl-ext", unit="entry", file=sys.stderr, dynamic_ncols=True) as progress:
         with interruptions.deferred():
             return generation.generate(
-                session, pending, threads=settings.num_threads, policy=settings.retry,
+                session, pending, threads=threads, policy=settings.retry,
                 gate=_gate(settings, server), stop=interruptions.stop, progress=progress, debug=settings.debug,
             )
+
+
+def _concurrency(settings: Settings, server: Server) -> int | concurrency.Concurrency:
+    """A fixed number as given; ``auto``: the server's /metrics, read once now, or the fixed default without."""
+    if settings.num_threads != AUTO_THREADS:
+        return int(settings.num_threads)
+    reader = concurrency.MetricsReader(server.endpoint.root_url("/metrics"), server.endpoint.auth_headers())
+    try:
+        reader.read()
+    except concurrency.MetricsUnavailable as why:
+        reader.close()
+        print(f"bfcl-ext: --num-threads auto: no usable vLLM metrics ({why}); {DEFAULT_NUM_THREADS} concurrent "
+              "requests instead", file=sys.stderr)
+        return concurrency.Concurrency(DEFAULT_NUM_THREADS, fallback_reason=str(why))
+    print(f"bfcl-ext: --num-threads auto: following {reader.url} ({concurrency.AUTO_START} concurrent requests "
+          f"to start with, at most {concurrency.AUTO_MAX})", file=sys.stderr)
+    return concurrency.AutoConcurrency(reader.read)
 
 
 @dataclass(frozen=True)
@@ -528,6 +546,7 @@ def _manifest(context: RunContext) -> dict[str, Any]:
             "embedding_model": context.tools.embedding,
         },
         "threads": settings.num_threads,
+        "concurrency": context.report.concurrency or None,
         "limit": settings.limit,
         "started_at": _iso(context.started),
         "finished_at": _iso(context.finished),

@@ -35,7 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from collections.abc import Callable
 
-from bfcl_ext import standin_agentic
+from bfcl_ext import standin_agentic, standin_metrics
 from bfcl_ext import standin_multiturn
 
 CATEGORIES: tuple[str, ...] = (
@@ -137,6 +137,8 @@ class StandinOptions:
     bad_reply_rate: float = 0.0  # share of completions answered 200 with an unusable body
     bad_reply_kinds: tuple[str, ...] = BAD_REPLY_KINDS  # drawn from evenly
     max_concurrency: int | None = None
+    max_num_seqs: int | None = None  # vLLM's: completions beyond it wait for a slot (standin_metrics, /metrics)
+    metrics: bool = True  # False: no /metrics (404), as another server kind
     die_after: int | None = None
     echo_key: int = 0  # the first N completions answered 400 quoting the bearer key sent (a server that leaks it)
     seed: int = 0
@@ -162,7 +164,7 @@ class StandinOptions:
         for name in ("load_delay", "latency", "trickle", "trickle_headers", "trickle_probes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must not be negative")
-        for name in ("max_concurrency", "die_after"):
+        for name in ("max_concurrency", "max_num_seqs", "die_after"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)!r}: must be at least 1")
 
@@ -724,6 +726,7 @@ class _State:
         # dice of their own: turning bad replies on leaves a seed's 500s and 429s where they were
         self._bad_dice = random.Random(f"bad-replies-{options.seed}")
         self._in_flight = 0
+        self.batch = standin_metrics.Batch(options.max_num_seqs)
         self._counts = {"received": 0, "ok": 0, "errors": 0, "rate_limited": 0, "rejected": 0, "unmatched": 0,
                         "bad_replies": 0}
         self._bad_reply_kinds: dict[str, int] = {}
@@ -777,7 +780,7 @@ class _State:
         with self._lock:
             snapshot = {**self._counts, "in_flight": self._in_flight, "entries": dict(self._entries),
                         "bad_reply_kinds": dict(self._bad_reply_kinds), "request_fields": dict(self._request_fields)}
-        return {**snapshot, "search": self.search.snapshot()}
+        return {**snapshot, "search": self.search.snapshot(), "batch": self.batch.snapshot()}
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -846,6 +849,7 @@ class _Handler(BaseHTTPRequestHandler):
             "/v1/chat/completions": {"POST": self._chat},
             "/v1/completions": {"POST": self._completion},
             "/standin/stats": {"GET": self._stats},
+            **({"/metrics": {"GET": self._metrics}} if self.server.options.metrics else {}),
             "/search": {"GET": self._search},  # SerpAPI's, for bfcl-eval's web search
             "/search.json": {"GET": self._search},
         }
@@ -935,6 +939,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _stats(self, _body: bytes) -> None:
         self._send_json(HTTPStatus.OK, self.server.state.snapshot())
 
+    def _metrics(self, _body: bytes) -> None:
+        text = self.server.state.batch.metrics_text(self.server.options.served_model_names[0])
+        self._send(HTTPStatus.OK, text.encode(), standin_metrics.CONTENT_TYPE)
+
     def _search(self, _body: bytes) -> None:
         status, payload = self.server.state.search.answer(self.path)
         self._send_json(HTTPStatus(status), payload)
@@ -958,13 +966,18 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.dead:
             return self._drop()
         ordinal, fault = state.admit()
+        batched = fault != "429" and state.batch.enter(lambda: self.server.dead)  # a slot, as vLLM schedules
         try:
+            if fault != "429" and not batched:
+                return self._drop()
             if options.die_after is not None and ordinal > options.die_after:
                 return self._drop()
             if fault == "echo-key":
                 return self._echo_key()
             self._respond(raw, required, answer, fault)
         finally:
+            if batched:
+                state.batch.leave()
             if fault != "429":
                 state.release()
             if ordinal == options.die_after:
@@ -1340,6 +1353,9 @@ def _parser() -> argparse.ArgumentParser:
                         "a string; null-function = a tool call with function: null; int-content = content 42 "
                         "(completions, these three: text 42)")
     parser.add_argument("--max-concurrency", type=int, help="completions in flight beyond this get 429")
+    parser.add_argument("--max-num-seqs", type=int, metavar="N",
+                        help="as vLLM's: N completions run at once, the others wait (GET /metrics shows both)")
+    parser.add_argument("--no-metrics", dest="metrics", action="store_false", help="no GET /metrics (404)")
     parser.add_argument("--die-after", type=int, help="crash (exit 1) after this many completion requests")
     parser.add_argument("--echo-key", type=int, default=0, metavar="N",
                         help="answer the first N completions 400 with the bearer key quoted in the error body")
@@ -1385,6 +1401,8 @@ def _options_from(args: argparse.Namespace) -> StandinOptions:
         bad_reply_rate=args.bad_reply_rate,
         bad_reply_kinds=tuple(kind.strip() for kind in args.bad_reply_kinds.split(",") if kind.strip()),
         max_concurrency=args.max_concurrency,
+        max_num_seqs=args.max_num_seqs,
+        metrics=args.metrics,
         die_after=args.die_after,
         echo_key=args.echo_key,
         seed=args.seed,

@@ -257,3 +257,66 @@ def test_write_answer_names_the_folder_it_cannot_create(tmp_path: Path) -> None:
     with pytest.raises(OutputError) as raised:
         bridge.write_answer(session, {"id": "simple_python_0", "result": "x"})
     assert str(tmp_path / "result") in str(raised.value)
+
+
+def test_auto_concurrency_grows_to_the_servers_batch_and_holds_there(
+    fake: Fake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that runs 24 at once (the rest wait): the cap grows from 8 to about 24 and stays near it;
+    every entry is answered once."""
+    from bfcl_ext.concurrency import AutoConcurrency
+
+    batch, lock, in_flight, peak = 24, threading.Lock(), [0], [0]
+
+    def answer(_session: Any, entry: dict[str, Any]) -> dict[str, Any]:
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        time.sleep(0.01)
+        with lock:
+            in_flight[0] -= 1
+        return {"id": entry["id"], "result": "ok"}
+
+    def read() -> tuple[float, float]:
+        with lock:
+            return min(in_flight[0], batch), max(0, in_flight[0] - batch)
+
+    monkeypatch.setattr(bridge, "answer", answer)
+    auto = AutoConcurrency(read, start=8, maximum=256, poll_s=0.02, hold_s=0.3)
+    box: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: box.update(report=generation.generate(
+        None, entries(3000), threads=auto, policy=_policy(0), gate=always_ready_gate(),  # type: ignore[arg-type]
+        stop=threading.Event(), progress=Progress())), daemon=True)
+    worker.start()
+    worker.join(BOUND_S)
+    assert not worker.is_alive(), "a hang"
+    report = box["report"]
+    assert report.fatal is None and report.answered == 3000
+    assert sorted(fake.written) == sorted(e["id"] for e in entries(3000))
+    record = report.concurrency
+    assert record["mode"] == "auto" and record["min"] == 8 and record["samples"] > 10
+    assert batch * 0.75 <= record["median"] <= batch * 1.3, auto.samples
+    assert batch <= record["max"] <= batch * 1.5, auto.samples
+    assert peak[0] <= record["max"]
+
+
+def test_a_stop_request_lets_workers_waiting_for_a_slot_go(fake: Fake) -> None:
+    """Workers beyond a lowered cap wait for a slot; a stop ends the run all the same, in seconds."""
+    from bfcl_ext.concurrency import AutoConcurrency
+
+    fake.delay = {f"e_{i:03d}": 0.2 for i in range(100)}
+    auto = AutoConcurrency(lambda: (1, 50), start=16, maximum=32, poll_s=0.02)  # always waiting: the cap drops to 1
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: box.update(report=generation.generate(
+        None, entries(100), threads=auto, policy=_policy(2), gate=always_ready_gate(),  # type: ignore[arg-type]
+        stop=stop, progress=Progress())), daemon=True)
+    worker.start()
+    time.sleep(0.6)
+    stop.set()
+    worker.join(BOUND_S)
+    assert not worker.is_alive(), "a hang"
+    report = box["report"]
+    assert report.stopped and report.fatal is None
+    assert report.answered == len(fake.written) < 100
+    assert report.concurrency["min"] == 1
