@@ -18,13 +18,14 @@
 #                     definition that uses them: SOURCE_COMMIT (git HEAD, "-dirty" when the tree
 #                     has changes), BFCL_EXT_VERSION, IMAGE (--from) and IMAGE_ID (the local
 #                     engine's image id, docker-daemon and docker-archive)
-#   --compression C   the SIF's squashfs compression: gzip (default; every Apptainer and
+#   --compression C   the SIF's squashfs compression: gzip (default, or
+#                     BFCL_EXT_APPTAINER_COMPRESSION from the environment; every Apptainer and
 #                     Singularity mounts it), zstd, lz4 (fastest to build, larger; fine for CI)
 #                     or xz. Non-gzip SIFs need a squashfuse or kernel built with that codec.
 #   --notest          skip the definition's %test during the build (`apptainer test` later)
 #   --runtime WHERE   host: the `apptainer` on PATH; docker: Apptainer in the tool image
-#                     (scripts/ci/build-apptainer-tool.sh), for hosts without it; auto (default):
-#                     host when `apptainer` is on PATH, else docker
+#                     (scripts/ci/build-apptainer-tool.sh), on the host's network, for hosts
+#                     without it; auto (default): host when `apptainer` is on PATH, else docker
 #   --force           build even when OUTPUT.sif is up to date
 #   --dry-run         print the apptainer build command and exit
 #
@@ -34,7 +35,8 @@
 # OUTPUT.sif under a temporary name, then renamed.
 #
 # Environment: DOCKER (default /usr/bin/docker if present), BFCL_EXT_APPTAINER_IMAGE (the tool
-# image, default bfcl-ext-local/apptainer:1.4), APPTAINER (default: apptainer on PATH).
+# image, default bfcl-ext-local/apptainer:1.4), APPTAINER (default: apptainer on PATH),
+# BFCL_EXT_APPTAINER_COMPRESSION (--compression's default).
 #
 # Examples:
 #   scripts/apptainer-build.sh --source docker-archive apptainer/runner.def runner.sif
@@ -44,7 +46,8 @@ set -euo pipefail
 BFCL_EXT_APPTAINER_IMAGE=${BFCL_EXT_APPTAINER_IMAGE:-bfcl-ext-local/apptainer:1.4}
 BUILDER_UID=1000  # the tool image's non-root user
 prog=apptainer-build
-repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The checkout this script is in (also when called through a symlinked scripts/ folder).
+repo_root=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/.." && pwd)
 
 t_start=$SECONDS
 log() { printf '%s: [%4ds] %s\n' "$prog" "$((SECONDS - t_start))" "$*" >&2; }
@@ -55,7 +58,7 @@ source_kind=docker
 from=
 runtime=auto
 force=0
-compression=gzip
+compression=${BFCL_EXT_APPTAINER_COMPRESSION:-gzip}
 notest=0
 dry_run=0
 extra_args=()
@@ -249,12 +252,22 @@ else
         chmod 0777 "$work"
     fi
     container=apptainer-build-$$-$RANDOM
-    run=(run --rm --name "$container" --cap-add SYS_ADMIN --security-opt seccomp=unconfined
+    # The host's network, as a host Apptainer has: a registry only the host reaches (a site
+    # mirror, one on localhost) works the same.
+    run=(run --rm --name "$container" --network host --cap-add SYS_ADMIN --security-opt seccomp=unconfined
          --security-opt apparmor=unconfined --security-opt systempaths=unconfined
          --user "$BUILDER_UID:$BUILDER_UID" --volume "$work:/work"
          --env APPTAINER_TMPDIR=/work/tmp --env APPTAINER_CACHEDIR=/work/cache)
     if [ -n "$archive_file" ]; then
-        run+=(--volume "$archive_file:/work/in/image.tar:ro")
+        if [ "$(stat -c %u "$archive_file")" = "$BUILDER_UID" ] || [ -n "$(find "$archive_file" -maxdepth 0 -perm -o=r)" ]; then
+            run+=(--volume "$archive_file:/work/in/image.tar:ro")
+        else
+            # `docker save -o` writes mode 0600: the builder could not read the file itself.
+            log "$from is not readable by uid $BUILDER_UID (docker save -o writes mode 0600): copying it into the build folder"
+            mkdir -p "$work/in"
+            cp "$archive_file" "$work/in/image.tar"
+            chmod 0644 "$work/in/image.tar"
+        fi
     fi
     if [ "$source_kind" = docker-daemon ]; then
         # Apptainer reads the image from the engine through its socket.
