@@ -722,6 +722,7 @@ def _local_registry(folder: Path) -> Iterator[str]:
         run_docker("rm", "--force", name, check=False)
 
 
+@pytest.mark.timeout(2400)  # 10 minutes here on 2 CPUs, 16 under a load of 7
 def test_the_readmes_build_lines_run_as_written(runner_image: str, vllm_image: str, tmp_path: Path) -> None:
     """apptainer/README.md's four scripts/apptainer-build.sh lines, one after another, each SIF
     checked (labels, %test) before the next line overwrites it. The folder they run in has this
