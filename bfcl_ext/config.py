@@ -255,7 +255,7 @@ OPTIONS: tuple[Option, ...] = (
            _number(float, 0), "seconds to wait for the server to be ready"),
     Option("served_model_name", "BFCL_EXT_SERVED_MODEL_NAME", "--served-model-name", None, _optional_text,
            "name the server serves the model under, if not the model name"),
-    Option("num_threads", "BFCL_EXT_NUM_THREADS", "--num-threads", DEFAULT_NUM_THREADS,
+    Option("num_threads", "BFCL_EXT_NUM_THREADS", "--num-threads", AUTO_THREADS,
            _threads, "concurrent requests: a number, or 'auto' (follow vLLM's /metrics: more while its batch has "
            f"free slots, fewer once requests wait; {DEFAULT_NUM_THREADS} where the server has no /metrics)"),
     Option("vllm_command", "BFCL_EXT_VLLM_COMMAND", "--vllm-command", ("vllm", "serve"), _words,

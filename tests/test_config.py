@@ -28,7 +28,7 @@ def test_defaults():
     assert s.skip_vllm is False
     assert s.output_dir == Path("bfcl-results")
     assert s.wait_timeout == DEFAULT_WAIT_TIMEOUT >= 1200
-    assert s.num_threads == DEFAULT_NUM_THREADS
+    assert s.num_threads == "auto" and DEFAULT_NUM_THREADS == 64  # 64: where the server has no /metrics
     assert s.vllm_command == ("vllm", "serve")
     assert s.vllm_args == ()
     assert s.vllm_bind == "127.0.0.1"
