@@ -107,11 +107,16 @@ class Limiter:
             while self.active >= self._cap:
                 if give_up.is_set():
                     return False
-                self._condition.wait(0.2)
+                self._condition.wait(1.0)  # woken by a release, a new cap or wake_all; the timeout is a backstop
             if give_up.is_set():
                 return False
             self.active += 1
             return True
+
+    def wake_all(self) -> None:
+        """Every waiter looks again (at ``give_up``, say)."""
+        with self._condition:
+            self._condition.notify_all()
 
     def release(self) -> None:
         with self._condition:
@@ -189,7 +194,7 @@ class AutoConcurrency(Concurrency):
     def stop(self) -> None:
         self._stopped.set()
         if self._thread is not None:
-            self._thread.join(METRICS_TIMEOUT_S + 1)
+            self._thread.join(1.0)  # a read in progress may finish on its own (a daemon thread): never a wait
 
     def _loop(self) -> None:
         while not self._stopped.wait(self._poll_s):

@@ -192,6 +192,7 @@ def _one_pass(
         else:
             settled += _settle_descendants(entry_id, children, waiting_on)
     over.set()  # a worker waiting for a slot goes; one holding a slot takes its None
+    limiter.wake_all()
     for _ in workers:
         work.put(None)
     return [entry for entry in entries if entry["id"] not in answered]
