@@ -27,7 +27,8 @@ BFCL_EXT = [sys.executable, "-m", "bfcl_ext"]
 # this order), so that no worker is left with one of them at the end while the others are idle.
 # (--dist loadgroup would let the fault table's rows spread, but pytest-xdist 3.8 cannot set its
 # groups on pytest 9's node ids.)
-LONGEST_FIRST = ("test_apptainer.py", "test_fault_table.py", "test_slurm.py", "test_compose.py", "test_docs.py",
+LONGEST_FIRST = ("test_apptainer.py", "test_apptainer_builds.py", "test_fault_table.py", "test_slurm.py",
+                 "test_compose.py", "test_docs.py",
                  "test_vllm_image.py", "test_runner_full_image.py", "test_vllm_cpu.py", "test_runner_vllm.py",
                  "test_smoke_script.py", "test_embeddings.py")  # fmt: skip
 
@@ -35,7 +36,8 @@ LONGEST_FIRST = ("test_apptainer.py", "test_fault_table.py", "test_slurm.py", "t
 # The full suite's heavy part, marked `slow`: the files that build images or SIFs, start a SLURM
 # cluster, a Docker stack or a real vLLM, or make the full (torch) venv, and any test marked vllm,
 # docker or slurm. `scripts/test.sh --fast` runs the rest (`-m "not slow"`): the inner loop.
-SLOW_FILES = ("test_apptainer.py", "test_slurm.py", "test_compose.py", "test_docs.py", "test_vllm_image.py",
+SLOW_FILES = ("test_apptainer.py", "test_apptainer_builds.py", "test_slurm.py", "test_compose.py", "test_docs.py",
+              "test_vllm_image.py",
               "test_runner_full_image.py", "test_vllm_cpu.py", "test_runner_vllm.py", "test_smoke_script.py",
               "test_embeddings.py", "test_env_example.py")  # fmt: skip
 SLOW_MARKERS = ("vllm", "docker", "slurm")
