@@ -192,3 +192,38 @@ def test_the_reader_sends_the_key_and_names_what_is_wrong(standin: Any) -> None:
 def test_standin_rejects_a_bad_max_num_seqs() -> None:
     with pytest.raises(ValueError, match="max_num_seqs=0"):
         StandinOptions(max_num_seqs=0)
+
+
+def test_auto_asks_the_servers_root_for_metrics_with_the_key(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gateway may guard every path: the bearer key goes with GET /metrics, on the server's root."""
+    import types
+
+    from bfcl_ext import run
+    from bfcl_ext.config import resolve
+    from bfcl_ext.endpoint import Endpoint
+
+    asked: list[tuple[str, dict[str, str]]] = []
+
+    class Reader:
+        def __init__(self, url: str, headers: dict[str, str]) -> None:
+            asked.append((url, headers))
+            self.url = url
+
+        def read(self) -> tuple[float, float]:
+            raise MetricsUnavailable(f"GET {self.url} answered 401")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(concurrency, "MetricsReader", Reader)
+    settings = resolve({"num_threads": "auto"}, {})
+    server = types.SimpleNamespace(endpoint=Endpoint("https://gw.example.org/prefix/v1", "k3y"))
+    chosen = run._concurrency(settings, server)  # type: ignore[arg-type]
+    assert asked == [("https://gw.example.org/prefix/metrics", {"Authorization": "Bearer k3y"})]
+    assert isinstance(chosen, concurrency.Concurrency) and chosen.record()["max"] == 64
+    assert chosen.record()["fallback_reason"] == "GET https://gw.example.org/prefix/metrics answered 401"
+    assert capsys.readouterr().err.count("\n") == 1
+    assert run._concurrency(resolve({"num_threads": "9"}, {}), server) == 9  # type: ignore[arg-type]
