@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import tarfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bfcl_ext import bundle as bundles
+from tests.fault_cases import Outcome
 from tests.conftest import BFCL_EXT, StandinProcess, clean_environment, read_json, result_lines, run_bfcl_ext
 
 MODEL = "bfcl-ext-standin"  # the stand-in's default served name
@@ -136,3 +139,22 @@ def asked(before: Mapping[str, Any], after: Mapping[str, Any]) -> Counter[str]:
     delta = Counter(after["entries"])
     delta.subtract(before["entries"])
     return Counter({i: n for i, n in delta.items() if n})
+
+
+def bundle_members(archive: Path) -> dict[str, bytes]:
+    """A bundle's files by their path inside its top folder."""
+    with tarfile.open(archive, "r:gz") as tar:
+        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}  # type: ignore[union-attr]
+
+
+def forged_summary(ctx: Any, archive: Path, edit: Any) -> Outcome:
+    """``archive`` with its summary.json edited by ``edit(summary)``, SHA256SUMS rewritten to match, verified."""
+    files = bundle_members(archive)
+    summary = json.loads(files["summary.json"])
+    edit(summary)
+    files["summary.json"] = json.dumps(summary, indent=2).encode()
+    files[bundles.SUMS] = bundles.checksum_list(files)
+    forged = ctx.tmp_path / "forged.tar.gz"
+    bundles.write_archive(files, forged)
+    return Outcome(run_bfcl_ext(["verify", str(forged)], cwd=ctx.tmp_path, timeout=300),
+                   notes={"summary": summary, "members": files})

@@ -14,15 +14,13 @@
 
 from __future__ import annotations
 
-import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
-from bfcl_ext import bundle as bundles
 from bfcl_ext.errors import EXIT_VERIFY_FAILED
 from tests.conftest import read_json, run_bfcl_ext
 from tests.fault_cases import Case, Outcome
+from tests.fault_cases._helpers import bundle_members, forged_summary
 
 SECTION = "issue 11: every record can be trusted (bundle and verify)"
 MODEL = "bfcl-ext-standin"
@@ -34,11 +32,6 @@ SMALL_SIZE = 50
 def _run_args(base_url: str, out: Path, categories: str, limit: int, *extra: str) -> list[str]:
     return ["run", "--skip-vllm", "--model", MODEL, "--base-url", base_url, "--test-category", categories,
             "--limit", str(limit), "--output-dir", str(out), "--wait-timeout", "30", *extra]
-
-
-def _members(archive: Path) -> dict[str, bytes]:
-    with tarfile.open(archive, "r:gz") as tar:
-        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}  # type: ignore[union-attr]
 
 
 def _run_ok(args: list[str], cwd: Path) -> Any:
@@ -62,7 +55,7 @@ def _an_earlier_run_scored_another_category(ctx: Any) -> Outcome:
     _run_ok(_run_args(standin.base_url, out, LATER, 3), ctx.tmp_path)
     archive, bundled = _bundle(ctx, out)
     verified = run_bfcl_ext(["verify", str(archive)], cwd=ctx.tmp_path, timeout=300)
-    return Outcome(verified, notes={"out": out, "bundled": bundled, "members": _members(archive),
+    return Outcome(verified, notes={"out": out, "bundled": bundled, "members": bundle_members(archive),
                                     "summary": read_json(out / "summary.json")})
 
 
@@ -114,17 +107,6 @@ def _two_categories_bundled(ctx: Any) -> Path:
     return _bundle(ctx, out)[0]
 
 
-def _forged(ctx: Any, archive: Path, edit: Any) -> Outcome:
-    files = _members(archive)
-    summary = json.loads(files["summary.json"])
-    edit(summary)
-    files["summary.json"] = json.dumps(summary, indent=2).encode()
-    files[bundles.SUMS] = bundles.checksum_list(files)
-    forged = ctx.tmp_path / "forged.tar.gz"
-    bundles.write_archive(files, forged)
-    return Outcome(run_bfcl_ext(["verify", str(forged)], cwd=ctx.tmp_path, timeout=300))
-
-
 def _only_the_earlier_counted(summary: dict[str, Any]) -> None:
     summary["overall"].update(accuracy=1.0, correct=3, total=3)
     summary["entries"].update(selected=3, answered=3)
@@ -135,7 +117,7 @@ def _a_category_edited_out(ctx: Any) -> Outcome:
         del summary["categories"][LATER]
         _only_the_earlier_counted(summary)
 
-    return _forged(ctx, _two_categories_bundled(ctx), edit)
+    return forged_summary(ctx, _two_categories_bundled(ctx), edit)
 
 
 def _a_category_edited_to_unscored(ctx: Any) -> Outcome:
@@ -144,7 +126,7 @@ def _a_category_edited_to_unscored(ctx: Any) -> Outcome:
         _only_the_earlier_counted(summary)
         summary["entries"].update(selected=6, answered=6)
 
-    return _forged(ctx, _two_categories_bundled(ctx), edit)
+    return forged_summary(ctx, _two_categories_bundled(ctx), edit)
 
 
 def _check_not_verified(outcome: Outcome) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from bfcl_ext import bundle as bundles
 from bfcl_ext.errors import EXIT_VERIFY_FAILED
 from tests.conftest import read_json, run_bfcl_ext
 from tests.fault_cases import Case, Outcome
+from tests.fault_cases._helpers import bundle_members, forged_summary
 from tests.fault_cases._helpers import dataset_ids
 
 SECTION = "issue 11: every number honest"
@@ -99,11 +99,6 @@ def _ids_in(path: Path) -> list[str]:
     return [json.loads(line)["id"] for line in path.read_text().splitlines()]
 
 
-def _members(archive: Path) -> dict[str, bytes]:
-    with tarfile.open(archive, "r:gz") as tar:
-        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}  # type: ignore[union-attr]
-
-
 def _bundle(ctx: Any, out: Path) -> Path:
     archive = ctx.tmp_path / "run.tar.gz"
     done = run_bfcl_ext(["bundle", str(out), "-o", str(archive)], cwd=ctx.tmp_path, timeout=120)
@@ -118,7 +113,7 @@ def _a_smaller_limit_in_the_same_folder(ctx: Any) -> Outcome:
     verified = run_bfcl_ext(["verify", str(archive)], cwd=ctx.tmp_path, timeout=300)
     compared = run_bfcl_ext(["compare", str(out), str(archive)], cwd=ctx.tmp_path, timeout=120)
     # output_dir stays None: the table would count the 5 answers beyond --limit 5 as not selected
-    return Outcome(done, notes={"out": out, "members": _members(archive), "verified": verified,
+    return Outcome(done, notes={"out": out, "members": bundle_members(archive), "verified": verified,
                                 "compared": compared})
 
 
@@ -145,7 +140,7 @@ def _check_the_selection_scored_and_the_rest_kept(outcome: Outcome) -> None:
 def _a_bundle_scoring_more_than_its_limit(ctx: Any) -> Outcome:
     """What a smaller-limit rerun used to leave: summary.json says --limit 5, its scores cover 10 answers."""
     _, out = _first_run(ctx, 10)
-    files = _members(_bundle(ctx, out))
+    files = bundle_members(_bundle(ctx, out))
     summary = json.loads(files["summary.json"])
     summary["limit"] = 5
     files["summary.json"] = json.dumps(summary).encode()
@@ -158,7 +153,7 @@ def _a_bundle_scoring_more_than_its_limit(ctx: Any) -> Outcome:
 def _another_categorys_answers_added_to_the_bundle(ctx: Any) -> Outcome:
     """A result file of a category the run never scored (nor recorded), packed in and checksummed."""
     _, out = _first_run(ctx, 3)
-    files = _members(_bundle(ctx, out))
+    files = bundle_members(_bundle(ctx, out))
     files[OTHER_RESULT_FILE] = "".join(json.dumps({"id": f"multiple_{n}", "result": [{"f": "{}"}]}) + "\n"
                                        for n in range(3)).encode()
     files[bundles.SUMS] = bundles.checksum_list(files)
@@ -168,19 +163,6 @@ def _another_categorys_answers_added_to_the_bundle(ctx: Any) -> Outcome:
 
 
 # ---------------------------------------------------------------- the selection a summary claims
-
-
-def _forged_summary(ctx: Any, archive: Path, edit: Any) -> Outcome:
-    """``archive`` with its summary.json edited by ``edit(summary)``, SHA256SUMS rewritten to match, verified."""
-    files = _members(archive)
-    summary = json.loads(files["summary.json"])
-    edit(summary)
-    files["summary.json"] = json.dumps(summary, indent=2).encode()
-    files[bundles.SUMS] = bundles.checksum_list(files)
-    forged = ctx.tmp_path / "forged.tar.gz"
-    bundles.write_archive(files, forged)
-    return Outcome(run_bfcl_ext(["verify", str(forged)], cwd=ctx.tmp_path, timeout=300),
-                   notes={"summary": summary, "members": files})
 
 
 def _an_honest_limit_bundle(ctx: Any) -> Outcome:
@@ -198,7 +180,7 @@ def _check_the_honest_limit_verified(outcome: Outcome) -> None:
 def _the_limit_raised_by_hand(ctx: Any) -> Outcome:
     """A --limit 5 run whose bundled summary.json is edited to say --limit 10, sums rewritten."""
     _, out = _first_run(ctx, 5)
-    return _forged_summary(ctx, _bundle(ctx, out), lambda summary: summary.update(limit=10))
+    return forged_summary(ctx, _bundle(ctx, out), lambda summary: summary.update(limit=10))
 
 
 def _the_limit_removed_by_hand(ctx: Any) -> Outcome:
@@ -209,7 +191,7 @@ def _the_limit_removed_by_hand(ctx: Any) -> Outcome:
         del summary["limit"]
         summary["partial"] = False
 
-    return _forged_summary(ctx, _bundle(ctx, out), edit)
+    return forged_summary(ctx, _bundle(ctx, out), edit)
 
 
 def _check_not_verified(outcome: Outcome) -> None:
@@ -251,7 +233,8 @@ def _check_the_unanswered_recorded(outcome: Outcome) -> None:
     assert bundled.returncode == 0 and "the run's status is 'incomplete', not 'complete'" in bundled.stderr, \
         bundled.stderr[-2000:]
     assert outcome.done.stdout.startswith("verified "), outcome.done.stdout
-    ids = [json.loads(line)["id"] for line in _members(outcome.notes["archive"])[RESULT_FILE].decode().splitlines()]
+    answers = bundle_members(outcome.notes["archive"])[RESULT_FILE].decode()
+    ids = [json.loads(line)["id"] for line in answers.splitlines()]
     assert sorted(ids) == sorted(set(_ids(5)) - set(unanswered)), ids
 
 
@@ -259,7 +242,7 @@ def _an_exit_4_run_edited(ctx: Any, edit: Any) -> Outcome:
     """That exit-4 run's bundle, its summary.json edited by ``edit``, sums rewritten."""
     honest = _an_honest_run_that_ended_with_exit_4(ctx)
     assert honest.done.returncode == 0, honest.done.stderr[-2000:]
-    forged = _forged_summary(ctx, honest.notes["archive"], edit)
+    forged = forged_summary(ctx, honest.notes["archive"], edit)
     forged.notes["unanswered"] = honest.notes["unanswered"]
     return forged
 
