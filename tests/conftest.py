@@ -122,6 +122,24 @@ def wait_for_health(standin: StandinProcess, timeout: float) -> None:
 
 
 @pytest.fixture
+def standin() -> Iterator[Any]:
+    """``standin(**options)`` starts the stand-in in this process on a free port (``StandinOptions``);
+    all are stopped afterwards. ``standin_factory`` runs it as a process of its own instead."""
+    from bfcl_ext.standin import Standin, StandinOptions
+
+    started: list[Standin] = []
+
+    def start(**options: Any) -> Standin:
+        server = Standin(StandinOptions(port=0, **options)).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
 def standin_factory(tmp_path: Path) -> Iterator[Any]:
     started: list[StandinProcess] = []
 

@@ -111,18 +111,7 @@ def test_fixed_concurrency_records_itself() -> None:
 # ---------------------------------------------------------------- the stand-in's batch and /metrics
 
 
-@pytest.fixture
-def standin() -> Any:
-    started: list[Standin] = []
-
-    def start(**options: Any) -> Standin:
-        server = Standin(StandinOptions(port=0, **options)).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+# ``standin(**options)``: tests/conftest.py's in-process stand-in
 
 
 def _hello(server: Standin, statuses: list[int]) -> None:

@@ -13,7 +13,6 @@ import tempfile
 import threading
 import time
 from typing import Any
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -25,19 +24,7 @@ os.environ.setdefault("BFCL_PROJECT_ROOT", tempfile.mkdtemp(prefix="bfcl-ext-tes
 MODEL = "bfcl-ext-standin"
 
 
-@pytest.fixture
-def standin() -> Iterator[Any]:
-    """``standin(**options)`` starts one on a free port; all are stopped afterwards."""
-    started: list[Standin] = []
-
-    def start(**options: Any) -> Standin:
-        server = Standin(StandinOptions(port=0, **options)).start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
+# ``standin(**options)``: tests/conftest.py's in-process stand-in
 
 
 def chat(server: Standin, body: dict[str, Any], **kwargs: Any) -> requests.Response:
