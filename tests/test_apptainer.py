@@ -580,6 +580,24 @@ def _http(url: str, key: str | None = None, timeout: float = 10) -> tuple[int, s
         return error.code, error.read().decode(errors="replace")
 
 
+def _until_200(url: str, container: str, within_s: float, what: str, poll_s: float = 1.0) -> float:
+    """Wait for ``url`` to answer 200 while ``container`` runs; fail with its log if it stops first
+    or ``within_s`` passes. Returns the seconds it took."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            if _http(url, timeout=2)[0] == 200:
+                return time.monotonic() - t0
+        except (urllib.error.URLError, OSError):
+            pass
+        state = run_docker("inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", container).stdout.split()
+        if state[0] != "true" or time.monotonic() - t0 > within_s:
+            logs = run_docker("logs", "--tail", "80", container, check=False)
+            ended = f"exited ({state[1]})" if state[0] != "true" else f"not 200 after {within_s} s"
+            pytest.fail(f"{what}: {url} {ended}:\n{logs.stdout}{logs.stderr}")
+        time.sleep(poll_s)
+
+
 @pytest.fixture
 def served_vllm_sif(vllm_sif: Sif, tiny_model_dir: Path) -> Iterator[tuple[str, int, str]]:
     """`apptainer run vllm.sif` in a detached tool container, configured as the server image is:
@@ -611,23 +629,8 @@ def served_vllm_sif(vllm_sif: Sif, tiny_model_dir: Path) -> Iterator[tuple[str, 
 
 def test_vllm_sif_serves_the_tiny_model(served_vllm_sif: tuple[str, int, str]) -> None:
     name, port, key = served_vllm_sif
-    t0 = time.monotonic()
-    while True:
-        try:
-            if _http(f"http://127.0.0.1:{port}/health", timeout=2)[0] == 200:
-                break
-        except (urllib.error.URLError, OSError):
-            pass
-        state = run_docker("inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name).stdout.split()
-        logs = run_docker("logs", "--tail", "60", name, check=False)
-        if state[0] != "true":
-            pytest.fail(
-                f"apptainer run vllm.sif exited ({state[1]}) before /health was 200:\n{logs.stdout}{logs.stderr}"
-            )
-        if time.monotonic() - t0 > HEALTHY_WITHIN_S:
-            pytest.fail(f"/health not 200 after {HEALTHY_WITHIN_S} s:\n{logs.stdout}{logs.stderr}")
-        time.sleep(1)
-    _measure("apptainer run vllm.sif -> /health 200", f"{time.monotonic() - t0:.1f} s")
+    took = _until_200(f"http://127.0.0.1:{port}/health", name, HEALTHY_WITHIN_S, "apptainer run vllm.sif")
+    _measure("apptainer run vllm.sif -> /health 200", f"{took:.1f} s")
     status, body = _http(f"http://127.0.0.1:{port}/v1/models", key=key)
     assert status == 200 and [m["id"] for m in json.loads(body)["data"]] == [SERVED_NAME], body
     assert _http(f"http://127.0.0.1:{port}/v1/models")[0] == 401, "VLLM_API_KEY from the environment is required"
@@ -686,20 +689,9 @@ def test_the_readmes_server_block_runs_as_written(vllm_sif: Sif, tiny_model_dir:
     ]  # fmt: skip
     try:
         run_docker(*command, env=dict(os.environ, **env))
-        t0 = time.monotonic()
         base = f"http://127.0.0.1:{DOCS_SERVER_PORT}"
-        while True:
-            try:
-                if _http(f"{base}/health", timeout=2)[0] == 200:
-                    break
-            except (urllib.error.URLError, OSError):
-                pass
-            state = run_docker("inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", name).stdout.split()
-            if state[0] != "true" or time.monotonic() - t0 > HEALTHY_WITHIN_S:
-                logs = run_docker("logs", "--tail", "80", name, check=False)
-                pytest.fail(f"the server block: no /health 200 (running {state}):\n{logs.stdout}{logs.stderr}")
-            time.sleep(1)
-        _measure("the README's server block -> /health 200", f"{time.monotonic() - t0:.1f} s")
+        took = _until_200(f"{base}/health", name, HEALTHY_WITHIN_S, "the server block")
+        _measure("the README's server block -> /health 200", f"{took:.1f} s")
         assert _http(f"{base}/v1/models")[0] == 401, "VLLM_API_KEY=... must be required"
         assert _http(f"{base}/v1/models", key="wrong")[0] == 401
         status, body = _http(f"{base}/v1/models", key="...")

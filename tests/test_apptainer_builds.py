@@ -11,7 +11,6 @@ import contextlib
 import os
 import subprocess
 import time
-import urllib.error
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,10 +28,10 @@ from tests.test_apptainer import (
     SECURITY,
     TOOL_IMAGE,
     VLLM_IMAGE,
-    _http,
     _labels,
     _measure,
     _owned_by_builder,
+    _until_200,
 )
 from tests import test_apptainer
 
@@ -90,17 +89,7 @@ def _local_registry(folder: Path) -> Iterator[str]:
         if started.returncode != 0:
             pytest.fail(f"docker-registry did not start in {TOOL_IMAGE} (rebuild it: {BUILD_TOOL.name}):\n"
                         f"{started.stderr[-2000:]}")  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if _http(f"http://127.0.0.1:{port}/v2/", timeout=2)[0] == 200:
-                    break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                logs = run_docker("logs", name, check=False)
-                pytest.fail(f"the local registry does not answer on port {port}:\n{logs.stdout}{logs.stderr}")
-            time.sleep(0.5)
+        _until_200(f"http://127.0.0.1:{port}/v2/", name, 30, "the local registry", poll_s=0.5)
         yield f"localhost:{port}"
     finally:
         run_docker("rm", "--force", name, check=False)
