@@ -23,6 +23,7 @@ from tests.support.doc_blocks import commands, doc_block, new_users_checkout
 from tests.support.tools import assert_tool_passes
 from tests.support.docker_env import (
     COMPOSE_FILES,
+    COMPOSE_TEST_RUNNER,
     REPO_ROOT,
     compose_command,
     docker_environment,
@@ -232,7 +233,7 @@ def _start_server_elsewhere(network: str) -> Any:
     """The stand-in as the block's gpu-node-17:8123, on the stack's network under that name."""
     host, port, model = DOCS_ELSEWHERE
     container = engine().containers.create(
-        "bfcl-ext-runner:local", ["standin", "--host", "0.0.0.0", "--port", str(port), "--served-model-name", model],
+        COMPOSE_TEST_RUNNER, ["standin", "--host", "0.0.0.0", "--port", str(port), "--served-model-name", model],
         name=f"{DOCS_PROJECT}-{host}", detach=True,
     )  # fmt: skip
     engine().networks.get(network).connect(container, aliases=[host])

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from tests.conftest import clean_environment
-from tests.support.docker_env import REPO_ROOT, docker_environment, ensure_engine, image_id
+from tests.support.docker_env import COMPOSE_TEST_RUNNER, REPO_ROOT, docker_environment, ensure_engine, image_id
 from tests.support.vllm_cpu import free_port
 
 
@@ -35,7 +35,7 @@ def test_compose_smoke_script(tmp_path: Path) -> None:
         summary = json.loads((results / "summary.json").read_text())
         assert summary["categories"]["simple_python"] == {"accuracy": 1.0, "correct": 20, "total": 20}
         images = json.loads((results / "manifest.json").read_text())["images"]
-        runner_id = image_id("bfcl-ext-runner:local")
+        runner_id = image_id(COMPOSE_TEST_RUNNER)
         assert images["runner"]["digest"] == runner_id
         assert images["server"]["digest"] == runner_id  # the stand-in runs from the runner image
     finally:

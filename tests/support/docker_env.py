@@ -20,6 +20,10 @@ from docker.errors import DockerException, ImageNotFound
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOCAL_PYTHON_BASE = "bfcl-ext-local/python:3.11-bookworm"
+# compose's images in the tests are tagged this, not `local`: the `:local` tags are the Apptainer
+# README test's (tests/test_apptainer_builds.py moves them for a while on another worker)
+COMPOSE_TEST_TAG = "compose-test"
+COMPOSE_TEST_RUNNER = f"bfcl-ext-runner:{COMPOSE_TEST_TAG}"
 COMPOSE_FILES = (
     "-f compose.yaml",
     "-f compose.yaml -f compose.smoke.yaml",
@@ -94,6 +98,7 @@ def docker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     default runner flavour (``WITH_MEMORY_VECTOR`` only through ``extra``)."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("VLLM_", "BFCL_EXT_", "SERVE_")) and k != "WITH_MEMORY_VECTOR"}
-    env.update(DOCKER_BUILDKIT="1", COMPOSE_DOCKER_CLI_BUILD="1", RUNNER_PYTHON_BASE=LOCAL_PYTHON_BASE)
+    env.update(DOCKER_BUILDKIT="1", COMPOSE_DOCKER_CLI_BUILD="1", RUNNER_PYTHON_BASE=LOCAL_PYTHON_BASE,
+               BFCL_EXT_IMAGE_TAG=COMPOSE_TEST_TAG)
     env.update(extra or {})
     return env
