@@ -56,6 +56,8 @@ from typing import Any
 import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # run as a script: the tests' one wait helper is tests.support.waiting
+from tests.support.waiting import answers_200, wait_until  # noqa: E402
 BIN_DIR = Path(sys.executable).parent  # run with .venv/bin/python: bfcl-ext and bfcl live next to it
 MODEL = "openbmb/MiniCPM-SALA-FC"  # a BFCL registry model served by OpenAICompletionsHandler (chat + tools)
 HOST = "127.0.0.1"
@@ -227,17 +229,12 @@ class Standin:
                 sink.flush()
 
     def wait_healthy(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"stand-in exited with {self.process.returncode}; see {self.log}")
-            try:
-                if requests.get(f"{self.root}/health", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"stand-in not healthy after {timeout:.0f} s; see {self.log}")
+        def gone() -> str | None:
+            code = None if self.process is None else self.process.poll()
+            return None if code is None else f"stand-in exited with {code}; see {self.log}"
+
+        wait_until(answers_200(f"{self.root}/health", timeout=1), within=timeout, poll=0.05,
+                   what="stand-in /health 200", gone=gone, failure=RuntimeError)
 
     def warm_up(self, tries: int = 10) -> None:
         """One completion, so the oracle loads its data now and not inside a timed run.

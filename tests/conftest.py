@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.support.waiting import answers_200, exited, wait_until
 from tests.support.vllm_cpu import REPO_ROOT, VllmServer, ensure_tiny_model, free_port, running_vllm
 
 BFCL_EXT = [sys.executable, "-m", "bfcl_ext"]
@@ -108,17 +109,8 @@ def start_standin(
 
 
 def wait_for_health(standin: StandinProcess, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not standin.alive():
-            raise AssertionError(f"stand-in exited: {standin.log_path.read_text()}")
-        try:
-            if requests.get(f"http://127.0.0.1:{standin.port}/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"stand-in not healthy after {timeout}s")
+    wait_until(answers_200(f"http://127.0.0.1:{standin.port}/health"), within=timeout, what="stand-in /health 200",
+               gone=exited(standin.process, "stand-in"), explain=standin.log_path.read_text)
 
 
 @pytest.fixture

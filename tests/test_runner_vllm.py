@@ -19,6 +19,7 @@ import requests
 
 from tests.conftest import BFCL_EXT, VLLM_SERVED_NAME, clean_environment, read_json, result_lines, run_bfcl_ext
 from tests.support.vllm_cpu import SERVER_FLAGS, VllmServer, free_port, vllm_env, vllm_python
+from tests.support.waiting import exited, wait_until
 
 pytestmark = pytest.mark.vllm
 LIMIT = 3
@@ -136,16 +137,14 @@ def test_managed_mode_sigterm_exits_143_and_leaves_no_vllm(tiny_model_dir: Path,
 
 
 def _wait_for(moment: str, out: Path, port: int, runner: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 240
     log = out / "logs" / "vllm-server.log"
-    while time.monotonic() < deadline:
-        assert runner.poll() is None, "bfcl-ext ended before the signal"
-        if moment == "while loading" and log.exists() and log.stat().st_size > 0:
-            return
-        if moment == "during generation" and _has_results(out):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"never reached: {moment}")
+
+    def reached() -> bool:
+        if moment == "while loading":
+            return log.exists() and log.stat().st_size > 0
+        return moment == "during generation" and _has_results(out)
+
+    wait_until(reached, within=240, what=f"bfcl-ext {moment}", gone=exited(runner, "bfcl-ext (before the signal)"))
 
 
 def _has_results(out: Path) -> bool:

@@ -21,19 +21,18 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support.tools import assert_tool_passes
 from tests.support.docker_env import image_size, run_docker
 from tests.support.vllm_cpu import REPO_ROOT, ensure_tiny_model
+from tests.support.waiting import wait_until
 
 BASE_IMAGE = os.environ.get("BFCL_EXT_VLLM_CPU_IMAGE", "bfcl-ext-local/vllm-cpu:0.32.0")
 IMAGE = "bfcl-ext-local/vllm-server:test"
 BUILD_BASE = "scripts/ci/build-vllm-cpu-base.sh"
 DOCKERFILE = REPO_ROOT / "docker" / "vllm" / "Dockerfile"
-BASE_DOCKERFILE = REPO_ROOT / "docker" / "vllm-cpu-base" / "Dockerfile"
-ENTRYPOINT = REPO_ROOT / "docker" / "vllm" / "entrypoint.sh"
 SERVED_NAME = "tiny-qwen2"
 # The CPU flags of tests/support/vllm_cpu.py, but through the image's settings.
 CPU_EXTRA_ARGS = "--dtype float32 --enforce-eager --kv-cache-memory-bytes 134217728"
@@ -61,21 +60,6 @@ TOOLS = [
 
 def _measure(what: str, value: str) -> None:
     print(f"\n[vllm-image] {what}: {value}", file=sys.stderr)
-
-
-# ---------------------------------------------------------------- static checks (no engine needed)
-
-
-def test_dockerfiles_are_hadolint_clean() -> None:
-    assert_tool_passes("hadolint", DOCKERFILE, BASE_DOCKERFILE)
-
-
-def test_image_scripts_are_shellcheck_clean() -> None:
-    scripts = [ENTRYPOINT, REPO_ROOT / BUILD_BASE]
-    assert_tool_passes("shellcheck", *scripts)
-    for script in scripts:
-        assert "set -euo pipefail" in script.read_text(), script
-        assert os.access(script, os.X_OK), f"{script} is not executable"
 
 
 # ---------------------------------------------------------------- the image, run for real
@@ -201,24 +185,26 @@ def _health_answers(port: int) -> bool:
 
 
 def _wait_healthy(name: str, port: int, t0: float) -> float:
-    deadline = t0 + HEALTHY_WITHIN_S
-    answered_s = None
-    while True:
-        status, health, code = _state(name)
-        if health == "healthy":
-            healthy_s = time.monotonic() - t0
-            first = f"{answered_s:.1f} s" if answered_s is not None else "not seen before"
-            _measure("docker run -> healthy", f"{healthy_s:.1f} s (/health first 200 at {first}; check every 5 s)")
-            return healthy_s
-        if answered_s is None and _health_answers(port):
-            answered_s = time.monotonic() - t0
+    seen: dict[str, Any] = {}
+
+    def healthy() -> bool:
+        seen["state"] = _state(name)
+        if "answered_s" not in seen and _health_answers(port):
+            seen["answered_s"] = time.monotonic() - t0
+        return seen["state"][1] == "healthy"
+
+    def gone() -> str | None:
+        status, health, code = seen["state"]
         if status in ("exited", "dead", "gone"):
-            pytest.fail(f"container {name} {status} (exit {code}) before it was healthy:\n{_logs(name)}")
-        if health == "unhealthy":
-            pytest.fail(f"container {name} is unhealthy:\n{_logs(name)}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"container {name} not healthy after {HEALTHY_WITHIN_S} s ({status}/{health}):\n{_logs(name)}")
-        time.sleep(0.5)
+            return f"{status} (exit {code}) before it was healthy"
+        return "unhealthy" if health == "unhealthy" else None
+
+    wait_until(healthy, within=t0 + HEALTHY_WITHIN_S - time.monotonic(), poll=0.5, what=f"container {name}",
+               gone=gone, explain=lambda: _logs(name))
+    healthy_s = time.monotonic() - t0
+    first = f"{seen['answered_s']:.1f} s" if "answered_s" in seen else "not seen before"
+    _measure("docker run -> healthy", f"{healthy_s:.1f} s (/health first 200 at {first}; check every 5 s)")
+    return healthy_s
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import subprocess
 import tarfile
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 from bfcl_ext import bundle as bundles
 from tests.fault_cases import Outcome
 from tests.conftest import BFCL_EXT, StandinProcess, clean_environment, read_json, result_lines, run_bfcl_ext
+from tests.support.waiting import exited, wait_until
 
 MODEL = "bfcl-ext-standin"  # the stand-in's default served name
 CATEGORY = "simple_python"
@@ -83,11 +83,8 @@ def line_count(out: Path) -> int:
 
 
 def wait_for_lines(out: Path, count: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while line_count(out) < count:
-        assert process.poll() is None, f"bfcl-ext exited ({process.returncode}) before writing {count} result lines"
-        assert time.monotonic() < deadline, f"fewer than {count} result lines after {timeout:.0f}s"
-        time.sleep(0.02)
+    wait_until(lambda: line_count(out) >= count, within=timeout, poll=0.02, what=f"{count} result lines",
+               gone=exited(process, "bfcl-ext"))
 
 
 def ids_on_disk(out: Path) -> list[str]:

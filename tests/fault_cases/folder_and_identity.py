@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import BFCL_EXT, clean_environment, read_json, result_lines, run_bfcl_ext
 from tests.fault_cases import Case, Outcome
+from tests.support.waiting import exited, wait_until
 
 MODEL = "bfcl-ext-standin"
 
@@ -30,13 +30,9 @@ def _spawn(args: list[str], cwd: Path) -> subprocess.Popen[str]:
 
 
 def _wait_for_answers(out: Path, count: int, process: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (out / "result").exists() and len(result_lines(out)) >= count:
-            return
-        assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        time.sleep(0.02)
-    raise AssertionError(f"fewer than {count} answers after {timeout}s")
+    wait_until(lambda: (out / "result").exists() and len(result_lines(out)) >= count, within=timeout, poll=0.02,
+               what=f"{count} answers", gone=exited(process, "bfcl-ext"),
+               explain=lambda: process.stderr.read() if process.stderr and process.poll() is not None else "")
 
 
 # ---------------------------------------------------------------- one run per folder

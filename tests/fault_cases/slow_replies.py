@@ -12,6 +12,7 @@ from typing import Any
 from tests.conftest import read_json, run_bfcl_ext
 from tests.fault_cases import Case, Outcome
 from tests.fault_cases._helpers import cli, dataset_ids, endpoint_env, run_args
+from tests.support.waiting import wait_until
 
 SECTION = "issue 11: no hang, ever"
 TIMEOUT = 2.0  # --request-timeout
@@ -78,14 +79,14 @@ WAIT = 5  # --wait-timeout
 
 
 def _wait_for_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
+    def opens() -> bool:
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
         except OSError:
-            assert time.monotonic() < deadline, f"the stand-in's port {port} did not open"
-            time.sleep(0.05)
+            return False
+        return True
+
+    wait_until(opens, within=timeout, poll=0.05, what=f"the stand-in's port {port} open")
 
 
 def _probes_trickled(command: str) -> Any:

@@ -25,6 +25,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.waiting import answers_200, exited, wait_until
+
 __all__ = [
     "REPO_ROOT",
     "VENV_ENV_VAR",
@@ -251,14 +253,6 @@ class VllmServer:
         return _tail(self.log_path, lines)
 
 
-def _health_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def _stop_group(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     pgid = proc.pid  # start_new_session=True: the leader's pid is the group id
     with contextlib.suppress(ProcessLookupError):
@@ -320,21 +314,11 @@ def running_vllm(
             start_new_session=True,
         )
     try:
-        health = f"http://{host}:{port}/health"
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"vLLM server exited with code {proc.returncode} before it was ready; "
-                    f"last lines of {log_path}:\n{_tail(log_path)}"
-                )
-            if _health_ok(health):
-                break
-            if time.monotonic() - t0 > timeout:
-                raise TimeoutError(
-                    f"vLLM server not ready after {timeout:.0f} s; last lines of {log_path}:\n"
-                    f"{_tail(log_path)}"
-                )
-            time.sleep(0.5)
+        wait_until(
+            answers_200(f"http://{host}:{port}/health", timeout=5), within=timeout, poll=0.5,
+            what="vLLM server /health 200", gone=exited(proc, "vLLM server"),
+            explain=lambda: f"last lines of {log_path}:\n{_tail(log_path)}", failure=RuntimeError,
+        )
         yield VllmServer(
             port=port,
             base_url=f"http://{host}:{port}/v1",
@@ -351,10 +335,10 @@ def running_vllm(
 
 
 def _main(argv: list[str]) -> int:
-    """``python tests/support/vllm_cpu.py [CACHE_DIR]``: build the model, start a server, print
-    timings and RSS, stop it. A smoke test and a small benchmark."""
+    """``python -m tests.support.vllm_cpu [CACHE_DIR]``, from the repository root: build the model,
+    start a server, print timings and RSS, stop it. A smoke test and a small benchmark."""
     if len(argv) > 1 or (argv and argv[0].startswith("-")):
-        print("usage: python tests/support/vllm_cpu.py [CACHE_DIR]\n" + (_main.__doc__ or ""))
+        print("usage: python -m tests.support.vllm_cpu [CACHE_DIR]\n" + (_main.__doc__ or ""))
         return 2
     cache = Path(argv[0]) if argv else REPO_ROOT / ".cache" / "tiny-models"
     t0 = time.monotonic()
