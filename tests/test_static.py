@@ -1,8 +1,11 @@
-"""Static checks that fail loudly when their tool is missing (it is a test requirement)."""
+"""Static checks that fail loudly when their tool is missing (it is a test requirement).
+
+Each linter runs once, over every file it is for: shellcheck, ruff, hadolint, the Compose spec."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -10,19 +13,38 @@ import time
 from tests.support.tools import assert_tool_passes
 from tests.support.vllm_cpu import REPO_ROOT
 
-SHELL_SCRIPTS = sorted(
-    [*REPO_ROOT.glob("scripts/**/*.sh"), REPO_ROOT / ".ci" / "run"],
-)
+SOURCED = {"lib.sh", "site.env", "docker-client.sh"}  # the sourcing script sets the shell's options
+SHELL_SCRIPTS = sorted({
+    *REPO_ROOT.glob("scripts/**/*.sh"), REPO_ROOT / ".ci" / "run",
+    *REPO_ROOT.glob("slurm/*.sbatch"), *REPO_ROOT.glob("slurm/*.sh"), REPO_ROOT / "slurm" / "site.env",
+    *REPO_ROOT.glob("docker/**/*.sh"),
+})
+DOCKERFILES = sorted(REPO_ROOT.glob("docker/**/Dockerfile"))
 
 
 def test_shell_scripts_are_shellcheck_clean() -> None:
-    assert SHELL_SCRIPTS, "no shell scripts found"
+    names = {str(path.relative_to(REPO_ROOT)) for path in SHELL_SCRIPTS}
+    assert {"slurm/submit.sh", "slurm/lib.sh", "docker/vllm/entrypoint.sh", "scripts/apptainer-build.sh"} <= names
     assert_tool_passes("shellcheck", *SHELL_SCRIPTS)
 
 
-def test_shell_scripts_use_strict_mode() -> None:
+def test_shell_scripts_use_strict_mode_and_the_run_ones_are_executable() -> None:
     for script in SHELL_SCRIPTS:
+        if script.name in ("lib.sh", "site.env"):
+            continue
         assert "set -euo pipefail" in script.read_text(), script
+        if script.name not in SOURCED:
+            assert os.access(script, os.X_OK), f"{script} is not executable"
+
+
+def test_dockerfiles_are_hadolint_clean() -> None:
+    names = {path.parent.name for path in DOCKERFILES}
+    assert {"vllm", "vllm-cpu-base", "runner", "apptainer"} <= names, names
+    assert_tool_passes("hadolint", *DOCKERFILES)
+
+
+def test_base_compose_file_matches_the_compose_spec_schema() -> None:
+    assert_tool_passes("check-jsonschema", "--builtin-schema", "vendor.compose-spec", REPO_ROOT / "compose.yaml")
 
 
 def test_python_sources_are_ruff_clean() -> None:
