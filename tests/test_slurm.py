@@ -467,14 +467,15 @@ def test_time_limit_signal_stops_one_job_shapes_cleanly(cluster: SlurmCluster, t
 
 
 def test_real_time_limit(cluster: SlurmCluster, tmp_path: Path) -> None:
-    """A one-minute runner with --signal=B:TERM@50 gets SIGTERM before its limit and stops cleanly
-    (exit 143, not TIMEOUT), results kept."""
+    """A two-minute runner with --signal=B:TERM@100 gets SIGTERM before its limit and stops cleanly
+    (exit 143, not TIMEOUT), results kept. The 100 s lead leaves the clean-up time on a loaded
+    machine: with one minute and 50 s, it once hit the limit (TIMEOUT)."""
     output = tmp_path / "out"
     slow = cluster.job_env({"BFCL_EXT_SERVER_COMMAND": standin_command("--latency", "1"),
                             "BFCL_EXT_NUM_THREADS": "2"})
     ids = cluster.submit("--model", "m", "--categories", "simple_python", "--output", str(output),
-                         "--runner-time", "1", "--signal-lead", "50", env=slow)
-    runner = cluster.wait(ids["runner"], timeout=150)
+                         "--runner-time", "2", "--signal-lead", "100", env=slow)
+    runner = cluster.wait(ids["runner"], timeout=210)
     assert runner.state != "TIMEOUT" and runner.exit_code == 143, job_logs(output)
     assert "received SIGTERM" in job_logs(output)
     if (output / "summary.json").exists():  # the signal may come before the first request (up to 60 s early)
