@@ -23,7 +23,7 @@ canned, deterministic ``organic_results`` derived from the query (a web_search q
 keywords get its ground truth in the first snippet), a 401 for a wrong key when the stand-in
 holds one, and injected 500s, 429s or a permanent outage (empty results, or 503).
 
-Standard library only; BFCL's data is read through bfcl_eval, imported on first use.
+BFCL's data is read through bfcl_ext.bridge, on first use.
 """
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 import random
 import re
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs, quote_plus, urlsplit
+
+from bfcl_ext import bridge
 
 MEMORY_CATEGORIES: tuple[str, ...] = ("memory_kv", "memory_rec_sum", "memory_vector")
 WEB_SEARCH_CATEGORIES: tuple[str, ...] = ("web_search_base", "web_search_no_snippet")
@@ -110,10 +110,7 @@ def _entry_id(raw_id: str, category: str) -> str:
 
 
 def load_agentic_data() -> AgenticData:
-    """The memory and web-search entries, read through bfcl_eval (imported here only)."""
-    os.environ.setdefault("BFCL_PROJECT_ROOT", tempfile.mkdtemp(prefix="bfcl-ext-standin-"))
-    from bfcl_eval.constants.default_prompts import MEMORY_AGENT_SETTINGS
-    from bfcl_eval.utils import load_dataset_entry, load_ground_truth_entry
+    """The memory and web-search entries, read through the bridge."""
 
     def raw(entry_id: str, category: str) -> str:
         return entry_id.replace(category, "memory" if category.startswith("memory") else "web_search", 1)
@@ -121,9 +118,9 @@ def load_agentic_data() -> AgenticData:
     answers = {
         gt["id"]: tuple(str(a) for a in gt["ground_truth"])
         for category in ("memory_kv", "web_search_base")
-        for gt in load_ground_truth_entry(category)
+        for gt in bridge.ground_truth_entries(category)
     }
-    memory = load_dataset_entry("memory_kv", include_language_specific_hint=False)
+    memory = bridge.dataset_entries("memory_kv")
     chains: dict[str, list[dict[str, Any]]] = {}
     for entry in memory:
         if "prereq" in entry["id"]:
@@ -141,12 +138,12 @@ def load_agentic_data() -> AgenticData:
             question = _Question(raw_id, entry["scenario"], _last_user(entry["question"][0]), answers[raw_id])
             memory_questions[(entry["scenario"], question.text)] = question
     web_questions = {}
-    for entry in load_dataset_entry("web_search_base", include_language_specific_hint=False):
+    for entry in bridge.dataset_entries("web_search_base"):
         raw_id = raw(entry["id"], "web_search_base")
         question = _Question(raw_id, None, _last_user(entry["question"][0]), answers[raw_id])
         web_questions[question.text] = question
     return AgenticData(
-        settings=dict(MEMORY_AGENT_SETTINGS),
+        settings=bridge.memory_agent_settings(),
         prereqs=prereqs,
         memory_questions=memory_questions,
         web_questions=web_questions,
