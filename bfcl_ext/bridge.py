@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bfcl_ext import registry
-from bfcl_ext.config import export_for_libraries
+from bfcl_ext.config import export_for_libraries, process_environment
 from bfcl_ext.errors import ConfigError
 from bfcl_ext.provenance import sha256_file
 from bfcl_ext.reply_shape import message_problem
@@ -1232,3 +1232,82 @@ def _version_prefix() -> str:
     from bfcl_eval.constants.category_mapping import VERSION_PREFIX
 
     return VERSION_PREFIX
+
+
+# ---------------------------------------------------------------- the stand-in's reading (bfcl_ext.standin)
+# The stand-in reads BFCL's data and runs its multi-turn executor, never its evaluator; each of
+# these imports bfcl_eval on first use, under a scratch project root unless one is already set.
+
+
+def use_scratch_project_root() -> None:
+    """A throwaway BFCL_PROJECT_ROOT, unless one is set: bfcl-eval creates result/, score/ and
+    .file_locks/ under it when imported (without it they land in site-packages)."""
+    import tempfile
+
+    if "BFCL_PROJECT_ROOT" not in process_environment():
+        export_for_libraries({"BFCL_PROJECT_ROOT": tempfile.mkdtemp(prefix="bfcl-ext-standin-")})
+
+
+def dataset_entries(category: str) -> list[dict[str, Any]]:
+    """The category's entries as bfcl-eval loads them (functions populated), without language hints."""
+    use_scratch_project_root()
+    from bfcl_eval.utils import load_dataset_entry
+
+    return load_dataset_entry(category, include_language_specific_hint=False)
+
+
+def ground_truth_entries(category: str) -> list[dict[str, Any]]:
+    """The category's ground truth, one ``{"id", "ground_truth"}`` per entry."""
+    use_scratch_project_root()
+    from bfcl_eval.utils import load_ground_truth_entry
+
+    return load_ground_truth_entry(category)
+
+
+def memory_agent_settings() -> dict[str, str]:
+    """Memory scenario -> the setting text that opens its system prompt."""
+    use_scratch_project_root()
+    from bfcl_eval.constants.default_prompts import MEMORY_AGENT_SETTINGS
+
+    return dict(MEMORY_AGENT_SETTINGS)
+
+
+def added_functions_prompt() -> str:
+    """The user prompt bfcl-eval sends with a miss_func entry's held-back functions (FC mode)."""
+    use_scratch_project_root()
+    from bfcl_eval.constants.default_prompts import DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC
+
+    return DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC
+
+
+def multi_turn_doc_files() -> list[Path]:
+    """bfcl-eval's multi-turn function docs, one JSON-lines file per class, sorted."""
+    use_scratch_project_root()
+    from bfcl_eval.constants.eval_config import MULTI_TURN_FUNC_DOC_PATH
+
+    return sorted(MULTI_TURN_FUNC_DOC_PATH.glob("*.json"))
+
+
+def execute_multi_turn_calls(
+    calls: list[str], initial_config: dict[str, Any], involved_classes: list[str], model_name: str,
+    entry_id: str, long_context: bool,
+) -> tuple[list[str], dict[str, Any]]:
+    """bfcl-eval's ``execute_multi_turn_func_call``: the calls' results and the class instances,
+    kept in its module's globals under names made from ``model_name`` (see ``forget_multi_turn_model``)."""
+    use_scratch_project_root()
+    from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
+
+    return multi_turn_utils.execute_multi_turn_func_call(
+        calls, initial_config, involved_classes, model_name, entry_id, long_context=long_context)
+
+
+def forget_multi_turn_model(model_name: str) -> None:
+    """Drop every instance ``execute_multi_turn_calls`` keeps for ``model_name``."""
+    import re
+
+    from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
+
+    prefix = re.sub(r"[-./:]", "_", f"{model_name}_")
+    namespace = vars(multi_turn_utils)
+    for key in [k for k in list(namespace) if k.startswith(prefix)]:
+        namespace.pop(key, None)

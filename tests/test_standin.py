@@ -168,7 +168,7 @@ def test_oracle_declines_irrelevant_and_unknown_questions(standin: Any) -> None:
 
 
 def test_oracle_sends_required_parameters_without_options_empty_in_their_type(standin: Any) -> None:
-    from bfcl_ext.standin import _OMIT, _argument
+    from bfcl_ext.standin.oracle import _OMIT, _argument
 
     # live_simple_112-68-0: five required arrays whose options list is empty ([]); "" was sent
     # ("Expected type array, got str"). [] is what a model sends. (BFCL's checker still rejects
@@ -392,7 +392,7 @@ def test_bad_reply_options_are_checked(options: dict[str, Any]) -> None:
 
 
 def test_bad_reply_command_options() -> None:
-    from bfcl_ext import standin as standin_module
+    from bfcl_ext.standin import cli as standin_module
 
     args = standin_module._parser().parse_args(["--bad-reply-rate", "0.2", "--bad-reply-kinds", "cut, no-usage"])
     options = standin_module._options_from(args)

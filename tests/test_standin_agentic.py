@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import requests
 
-from bfcl_ext import standin_agentic as agentic
+from bfcl_ext.standin import agentic
 from bfcl_ext.standin import Standin, StandinOptions
 from tests.conftest import BFCL_EXT, clean_environment, read_json, run_bfcl_ext
 

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import requests
 
-from bfcl_ext import standin_multiturn
+from bfcl_ext.standin import multiturn as standin_multiturn
 from bfcl_ext.standin import Standin, StandinOptions
-from bfcl_ext.standin_multiturn import (
+from bfcl_ext.standin.multiturn import (
     CANNOT,
     CATEGORIES,
     DONE,
@@ -299,7 +299,7 @@ def test_wrong_answers_fail_the_checker_for_that_category_only(oracle: MultiTurn
 
 
 def test_other_requests_never_load_the_multi_turn_data() -> None:
-    from bfcl_ext.standin import _load_bfcl_cases
+    from bfcl_ext.standin.oracle import load_cases as _load_bfcl_cases
 
     def fail() -> list[Any]:
         raise AssertionError("multi-turn data loaded")

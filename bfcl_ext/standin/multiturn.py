@@ -33,7 +33,7 @@ checker wants at least one call in such a turn).
 Wrong modes (``is_wrong(category)``) add an argument no function has to every call the entry's
 answer makes: each call fails, and the checker fails the entry.
 
-Standard library only; bfcl_eval is imported on first use (reading the data, simulating).
+BFCL's data and executor are reached through bfcl_ext.bridge, on first use (reading the data, simulating).
 """
 
 from __future__ import annotations
@@ -42,14 +42,13 @@ import ast
 import copy
 import itertools
 import json
-import os
 import random
-import re
-import tempfile
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from bfcl_ext import bridge
 
 CATEGORIES: tuple[str, ...] = (
     "multi_turn_base",
@@ -138,27 +137,19 @@ class Reply:
 # --------------------------------------------------------------------------- BFCL's data
 
 
-def _bfcl_project_root() -> None:
-    # bfcl_eval creates result/, score/ and .file_locks/ under this root when imported.
-    os.environ.setdefault("BFCL_PROJECT_ROOT", tempfile.mkdtemp(prefix="bfcl-ext-standin-"))
-
-
 def load_entries() -> list[Entry]:
-    """Every entry of the multi-turn categories with its ground truth, read through bfcl_eval."""
-    _bfcl_project_root()
-    from bfcl_eval.constants.default_prompts import DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC
-    from bfcl_eval.utils import load_dataset_entry, load_ground_truth_entry
-
+    """Every entry of the multi-turn categories with its ground truth, read through the bridge."""
+    added_prompt = bridge.added_functions_prompt()
     entries = []
     for category in CATEGORIES:
-        truth = {gt["id"]: gt["ground_truth"] for gt in load_ground_truth_entry(category)}
-        for raw in load_dataset_entry(category, include_language_specific_hint=False):
-            entries.append(_entry(raw, category, truth[raw["id"]], DEFAULT_USER_PROMPT_FOR_ADDITIONAL_FUNCTION_FC))
+        truth = {gt["id"]: gt["ground_truth"] for gt in bridge.ground_truth_entries(category)}
+        for raw in bridge.dataset_entries(category):
+            entries.append(_entry(raw, category, truth[raw["id"]], added_prompt))
     return entries
 
 
 def _entry(raw: dict[str, Any], category: str, ground_truth: list[list[str]], added_prompt: str) -> Entry:
-    """An entry from its data (functions populated by bfcl_eval) and its ground truth."""
+    """An entry from its data (functions populated by bfcl-eval) and its ground truth."""
     held_back = {int(turn): docs for turn, docs in raw.get("missed_function", {}).items()}
     docs = list(raw["function"]) + [doc for turn in sorted(held_back) for doc in held_back[turn]]
     parameters = {doc["name"]: tuple(doc.get("parameters", {}).get("properties", {})) for doc in docs}
@@ -203,11 +194,8 @@ _MAX_HELD_BACK = 3  # the most functions a miss_func entry holds back (BFCL v4: 
 
 def _function_classes() -> tuple[frozenset[str], ...]:
     """The function names of each class in bfcl-eval's multi-turn docs (cheap: no entries read)."""
-    _bfcl_project_root()
-    from bfcl_eval.constants.eval_config import MULTI_TURN_FUNC_DOC_PATH
-
     classes = []
-    for path in sorted(MULTI_TURN_FUNC_DOC_PATH.glob("*.json")):
+    for path in bridge.multi_turn_doc_files():
         lines = path.read_text(encoding="utf-8").splitlines()
         classes.append(frozenset(json.loads(line)["name"] for line in lines if line.strip()))
     return tuple(classes)
@@ -292,17 +280,13 @@ class _World:
     _serial = itertools.count()
 
     def __init__(self, entry: Entry) -> None:
-        _bfcl_project_root()
-        from bfcl_eval.eval_checker.multi_turn_eval import multi_turn_utils
-
-        self._utils = multi_turn_utils
         self._entry = entry
         self._name = f"bfcl_ext_standin_world_{next(self._serial)}"
         self.instances: dict[str, Any] = {}
         self.run([])
 
     def run(self, calls: Iterable[Call]) -> list[str]:
-        results, self.instances = self._utils.execute_multi_turn_func_call(
+        results, self.instances = bridge.execute_multi_turn_calls(
             [call.source() for call in calls],
             self._entry.initial_config,
             list(self._entry.involved_classes),
@@ -323,10 +307,7 @@ class _World:
         }
 
     def close(self) -> None:
-        prefix = re.sub(r"[-./:]", "_", f"{self._name}_")
-        namespace = vars(self._utils)
-        for key in [k for k in list(namespace) if k.startswith(prefix)]:
-            namespace.pop(key, None)
+        bridge.forget_multi_turn_model(self._name)
 
     def __enter__(self) -> _World:
         return self

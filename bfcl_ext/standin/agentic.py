@@ -23,7 +23,7 @@ canned, deterministic ``organic_results`` derived from the query (a web_search q
 keywords get its ground truth in the first snippet), a 401 for a wrong key when the stand-in
 holds one, and injected 500s, 429s or a permanent outage (empty results, or 503).
 
-Standard library only; BFCL's data is read through bfcl_eval, imported on first use.
+BFCL's data is read through bfcl_ext.bridge, on first use.
 """
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
-import os
 import random
 import re
 import secrets
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs, quote_plus, urlsplit
+
+from bfcl_ext import bridge
 
 MEMORY_CATEGORIES: tuple[str, ...] = ("memory_kv", "memory_rec_sum", "memory_vector")
 WEB_SEARCH_CATEGORIES: tuple[str, ...] = ("web_search_base", "web_search_no_snippet")
@@ -110,20 +110,30 @@ def _entry_id(raw_id: str, category: str) -> str:
 
 
 def load_agentic_data() -> AgenticData:
-    """The memory and web-search entries, read through bfcl_eval (imported here only)."""
-    os.environ.setdefault("BFCL_PROJECT_ROOT", tempfile.mkdtemp(prefix="bfcl-ext-standin-"))
-    from bfcl_eval.constants.default_prompts import MEMORY_AGENT_SETTINGS
-    from bfcl_eval.utils import load_dataset_entry, load_ground_truth_entry
-
-    def raw(entry_id: str, category: str) -> str:
-        return entry_id.replace(category, "memory" if category.startswith("memory") else "web_search", 1)
-
+    """The memory and web-search entries, read through the bridge."""
     answers = {
         gt["id"]: tuple(str(a) for a in gt["ground_truth"])
         for category in ("memory_kv", "web_search_base")
-        for gt in load_ground_truth_entry(category)
+        for gt in bridge.ground_truth_entries(category)
     }
-    memory = load_dataset_entry("memory_kv", include_language_specific_hint=False)
+    memory = bridge.dataset_entries("memory_kv")
+    web_questions = _web_questions(bridge.dataset_entries("web_search_base"), answers)
+    return AgenticData(
+        settings=bridge.memory_agent_settings(),
+        prereqs=_prereqs(memory),
+        memory_questions=_memory_questions(memory, answers),
+        web_questions=web_questions,
+        web_by_keywords={_normalised(search_keywords(q.text)): q for q in web_questions.values()},
+    )
+
+
+def _raw_id(entry_id: str, category: str) -> str:
+    """An entry's id as in its shared data file: memory_kv_0-... -> memory_0-..., web_search_base_0 -> web_search_0."""
+    return entry_id.replace(category, "memory" if category.startswith("memory") else "web_search", 1)
+
+
+def _prereqs(memory: list[dict[str, Any]]) -> dict[tuple[str, str], _Prereq]:
+    """Each scenario's prerequisite conversations, in chain order, by (scenario, first user message)."""
     chains: dict[str, list[dict[str, Any]]] = {}
     for entry in memory:
         if "prereq" in entry["id"]:
@@ -133,25 +143,29 @@ def load_agentic_data() -> AgenticData:
         chain.sort(key=lambda e: int(e["id"].rsplit("-", 1)[1]))
         for index, entry in enumerate(chain):
             first = _text(entry["question"][0][0].get("content")).strip()
-            prereqs[(scenario, first)] = _Prereq(raw(entry["id"], "memory_kv"), scenario, index, len(chain))
-    memory_questions = {}
+            prereqs[(scenario, first)] = _Prereq(_raw_id(entry["id"], "memory_kv"), scenario, index, len(chain))
+    return prereqs
+
+
+def _memory_questions(
+    memory: list[dict[str, Any]], answers: Mapping[str, tuple[str, ...]]
+) -> dict[tuple[str, str], _Question]:
+    questions = {}
     for entry in memory:
         if "prereq" not in entry["id"]:
-            raw_id = raw(entry["id"], "memory_kv")
+            raw_id = _raw_id(entry["id"], "memory_kv")
             question = _Question(raw_id, entry["scenario"], _last_user(entry["question"][0]), answers[raw_id])
-            memory_questions[(entry["scenario"], question.text)] = question
-    web_questions = {}
-    for entry in load_dataset_entry("web_search_base", include_language_specific_hint=False):
-        raw_id = raw(entry["id"], "web_search_base")
+            questions[(entry["scenario"], question.text)] = question
+    return questions
+
+
+def _web_questions(entries: list[dict[str, Any]], answers: Mapping[str, tuple[str, ...]]) -> dict[str, _Question]:
+    questions = {}
+    for entry in entries:
+        raw_id = _raw_id(entry["id"], "web_search_base")
         question = _Question(raw_id, None, _last_user(entry["question"][0]), answers[raw_id])
-        web_questions[question.text] = question
-    return AgenticData(
-        settings=dict(MEMORY_AGENT_SETTINGS),
-        prereqs=prereqs,
-        memory_questions=memory_questions,
-        web_questions=web_questions,
-        web_by_keywords={_normalised(search_keywords(q.text)): q for q in web_questions.values()},
-    )
+        questions[question.text] = question
+    return questions
 
 
 class AgenticOracle:
@@ -397,12 +411,15 @@ class SearchService:
     def answer(self, target: str) -> tuple[int, dict[str, Any]]:
         """Status and JSON body for a request target such as ``/search?engine=...&q=...``."""
         params = {k: v[-1] for k, v in parse_qs(urlsplit(target).query, keep_blank_values=True).items()}
-        settings = self.settings
         with self._lock:
             self._counts["received"] += 1
-            limited = self._dice.random() < settings.rate_limit_rate
-            failed = self._dice.random() < settings.error_rate
-        if settings.api_key is not None and not _same_key(params.get("api_key", ""), settings.api_key):
+            limited = self._dice.random() < self.settings.rate_limit_rate
+            failed = self._dice.random() < self.settings.error_rate
+        return self._refused(params) or self._injected(limited, failed) or self._results(params)
+
+    def _refused(self, params: Mapping[str, str]) -> tuple[int, dict[str, Any]] | None:
+        """SerpAPI's 401 for a wrong key, its 400s for a missing or unknown engine or an empty query."""
+        if self.settings.api_key is not None and not _same_key(params.get("api_key", ""), self.settings.api_key):
             self._count("unauthorized")
             return 401, {"error": INVALID_KEY}
         engine, query = params.get("engine", ""), params.get("q", "")
@@ -413,21 +430,29 @@ class SearchService:
         if not query.strip():
             self._count("bad_request")
             return 400, {"error": "Missing query `q` parameter."}
+        return None
+
+    def _injected(self, limited: bool, failed: bool) -> tuple[int, dict[str, Any]] | None:
+        """An injected 429, 503 (``always_fail``) or 500."""
         if limited:
             self._count("rate_limited")
             return 429, {"error": OUT_OF_SEARCHES}
-        if settings.always_fail == "503":
+        if self.settings.always_fail == "503":
             self._count("errors")
             return 503, {"error": "Service temporarily unavailable (injected by the bfcl-ext stand-in)."}
         if failed:
             self._count("errors")
             return 500, {"error": "Something went wrong (injected by the bfcl-ext stand-in)."}
-        region = params.get("kl", "wt-wt")
+        return None
+
+    def _results(self, params: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        """A 200: canned results (a web_search question's keywords get its answer), or none (``always_fail``)."""
+        query, region = params.get("q", ""), params.get("kl", "wt-wt")
         body: dict[str, Any] = {
             "search_metadata": _metadata(query, region),
             "search_parameters": {"engine": "duckduckgo", "q": query, "kl": region},
         }
-        if settings.always_fail == "no-results":
+        if self.settings.always_fail == "no-results":
             self._count("no_results")
             body["search_information"] = {"organic_results_state": "Fully empty"}
             body["error"] = NO_RESULTS

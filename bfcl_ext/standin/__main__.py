@@ -1,0 +1,5 @@
+"""``python -m bfcl_ext.standin``."""
+
+from bfcl_ext.standin.cli import main
+
+raise SystemExit(main())
