@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from bfcl_ext.provenance import sha256_file
+from bfcl_ext.record import Manifest, Summary, leaderboard_claim
 from bfcl_ext.errors import BfclExtError, ConfigError, VerificationError
 
 PREFIX = "bfcl-run"
@@ -84,11 +85,11 @@ def bundle(output_dir: Path, archive: Path) -> BundleReport:
     """Pack ``output_dir`` into ``archive`` (written atomically)."""
     warnings: list[str] = []
     files = _collect(output_dir, archive, warnings)
-    summary = _json_of(files, "summary.json", output_dir)
+    summary = Summary(_json_of(files, "summary.json", output_dir))
     _leave_out_unscored(files, summary, warnings)
     _leave_out_unselected(files, summary, output_dir, warnings)
-    if summary.get("status") != "complete":
-        warnings.append(f"the run's status is {summary.get('status')!r}, not 'complete'")
+    if summary.status != "complete":
+        warnings.append(f"the run's status is {summary.status!r}, not 'complete'")
     board = summary.get("leaderboard")
     if isinstance(board, dict) and not board.get("complete"):
         unscored = board.get("categories_not_scored") or []
@@ -108,7 +109,7 @@ def bundle(output_dir: Path, archive: Path) -> BundleReport:
     return BundleReport(archive, len(files), archive.stat().st_size, where, tuple(warnings), leaderboard, complete)
 
 
-def _leave_out_unscored(files: dict[str, bytes], summary: Mapping[str, Any], warnings: list[str]) -> None:
+def _leave_out_unscored(files: dict[str, bytes], summary: Summary, warnings: list[str]) -> None:
     """The bundle carries the answers of the categories the run records, and the score files of those it
     scored: an earlier run into the folder that scored other categories left its answers and score
     files beside them. They stay in the folder; the bundle carries what its summary describes (its
@@ -122,8 +123,8 @@ def _leave_out_unscored(files: dict[str, bytes], summary: Mapping[str, Any], war
         known = bridge.expand_categories(["all"])
         ours = [c for c in recorded if c in known]
         written = set(bridge.ids_by_result_file(bridge.load_entries(_ordered_categories(ours)))) if ours else set()
-    scored = {c for c, record in recorded.items() if isinstance(record, dict) and record.get("accuracy") is not None}
-    own = model_dir_name(str(summary.get("model")))
+    scored = set(summary.scored)
+    own = model_dir_name(str(summary.model))
     left_out: dict[str, set[str]] = {"answers": set(), "scores": set()}
     for name in list(files):
         tree, _, rest = name.partition("/")
@@ -156,7 +157,7 @@ def _category_of_file(name: str, suffixes: Sequence[str], known: Sequence[str]) 
     return max(matches, key=len) if matches else None  # 'live_multiple' rather than 'multiple'
 
 
-def _leave_out_unselected(files: dict[str, bytes], summary: Mapping[str, Any], output_dir: Path,
+def _leave_out_unselected(files: dict[str, bytes], summary: Summary, output_dir: Path,
                           warnings: list[str]) -> None:
     """A ``--limit`` run's result files hold only the entries it selected in the bundle.
 
@@ -164,14 +165,14 @@ def _leave_out_unselected(files: dict[str, bytes], summary: Mapping[str, Any], o
     stay in the folder, but the bundle carries what its summary describes (verify refuses more).
     """
     try:
-        limit = recorded_limit(summary)
+        limit = summary.limit
     except ValueError as error:
         raise ConfigError(OUTPUT_SETTING, str(output_dir), str(error)) from None
     if limit is None:
         return
     from bfcl_ext import bridge
 
-    prefix = f"result/{model_dir_name(str(summary.get('model')))}/"
+    prefix = f"result/{model_dir_name(str(summary.model))}/"
     with _evaluator_for_reading():
         categories = _answered_categories(summary, (name.rsplit("/", 1)[-1] for name in files))
         allowed = bridge.ids_by_result_file(bridge.load_entries(categories, limit))
@@ -220,8 +221,8 @@ def _collect(output_dir: Path, exclude: Path | None, warnings: list[str]) -> dic
                               "bfcl-ext run")
     skip = exclude.resolve() if exclude else None
     files = {name: (output_dir / name).read_bytes() for name in TOP_FILES}
-    summary = _json_of(files, "summary.json", output_dir)
-    model = summary.get("model")
+    summary = Summary(_json_of(files, "summary.json", output_dir))
+    model = summary.model
     own = model_dir_name(model) if isinstance(model, str) else ""
     if not own or "/" in own or _name_problem(own):
         raise ConfigError(OUTPUT_SETTING, str(output_dir), f"summary.json names no model whose folder could be "
@@ -526,8 +527,8 @@ def verify(archive: Path) -> VerifyReport:
         bridge.use_project_root(Path(workdir) / ".bfcl-eval")  # before anything of bfcl-eval's is imported
         root = unpack(archive, Path(workdir))
         count = check_checksums(archive, root)
-        summary = _load(archive, root, "summary.json")
-        manifest = _load(archive, root, "manifest.json")
+        summary = Summary(_load(archive, root, "summary.json"))
+        manifest = Manifest(_load(archive, root, "manifest.json"))
         model, served = _run_model(archive, summary, manifest)
         _check_contents(archive, root, model)
         version = _check_bfcl_eval(archive, manifest)
@@ -580,21 +581,21 @@ def _load(archive: Path, root: Path, name: str) -> dict[str, Any]:
     return payload
 
 
-def _run_model(archive: Path, summary: Mapping[str, Any], manifest: Mapping[str, Any]) -> tuple[str, str]:
+def _run_model(archive: Path, summary: Summary, manifest: Manifest) -> tuple[str, str]:
     """The model the run scored (its registry name) and the name it was served under."""
-    model_facts = manifest.get("model") or {}
+    model_facts = manifest.model
     if not isinstance(model_facts, dict):
         raise VerificationError(f"{archive}: manifest.json 'model' is not an object")
-    model = model_facts.get("name") or summary.get("model")
+    model = model_facts.get("name") or summary.model
     if not model or not isinstance(model, str):
         raise VerificationError(f"{archive}: neither manifest.json nor summary.json names the model")
-    if summary.get("model") and summary.get("model") != model:
+    if summary.model and summary.model != model:
         raise VerificationError(f"{archive}: manifest.json names model {model!r}, summary.json "
-                                f"{summary.get('model')!r}: not the files of one run")
+                                f"{summary.model!r}: not the files of one run")
     own = model_dir_name(model)
     if "/" in own or _name_problem(own):
         raise VerificationError(f"{archive}: the model name {model!r} is not a folder name BFCL could have used")
-    served = model_facts.get("served_as") or summary.get("served_model_name") or model
+    served = model_facts.get("served_as") or summary.served_model_name or model
     return model, str(served)
 
 
@@ -623,10 +624,10 @@ def _check_contents(archive: Path, root: Path, model: str) -> None:
                                 f"{layout})")
 
 
-def _check_bfcl_eval(archive: Path, manifest: Mapping[str, Any]) -> str:
+def _check_bfcl_eval(archive: Path, manifest: Manifest) -> str:
     from bfcl_ext import bridge
 
-    recorded = manifest.get("bfcl_eval")
+    recorded = manifest.bfcl_eval
     installed = bridge.installed_version()
     if not recorded:
         raise VerificationError(f"{archive}: manifest.json records no bfcl-eval version")
@@ -639,11 +640,11 @@ def _check_bfcl_eval(archive: Path, manifest: Mapping[str, Any]) -> str:
     return str(recorded)
 
 
-def _check_datasets(archive: Path, manifest: Mapping[str, Any]) -> None:
+def _check_datasets(archive: Path, manifest: Manifest) -> None:
     """The installed prompts and ground truth are the ones the run was scored against."""
     from bfcl_ext import bridge
 
-    recorded = manifest.get("categories") or {}
+    recorded = manifest.categories
     if not isinstance(recorded, dict):
         raise VerificationError(f"{archive}: manifest.json 'categories' is not an object")
     for category, hashes in recorded.items():
@@ -658,7 +659,7 @@ def _check_datasets(archive: Path, manifest: Mapping[str, Any]) -> None:
                 )
 
 
-def _check_answers_carried(archive: Path, root: Path, summary: Mapping[str, Any], model: str) -> None:
+def _check_answers_carried(archive: Path, root: Path, summary: Summary, model: str) -> None:
     """Every result file the bundle carries belongs to a category of the run, and holds answers to
     the entries the run selected only: verify re-scores those, and vouches for nothing else."""
     from bfcl_ext import bridge
@@ -669,7 +670,7 @@ def _check_answers_carried(archive: Path, root: Path, summary: Mapping[str, Any]
     if not carried:
         return
     try:
-        limit = recorded_limit(summary)
+        limit = summary.limit
     except ValueError as error:
         raise VerificationError(f"{archive}: {error}") from None
     # the categories summary.json records, not those a score file names: bundle leaves an earlier run's
@@ -683,7 +684,7 @@ def _check_answers_carried(archive: Path, root: Path, summary: Mapping[str, Any]
         if ids is None:
             raise VerificationError(
                 f"{archive}: {shown} holds answers of a category the run neither records nor scores "
-                f"(summary.json: {', '.join(summary.get('categories') or {}) or 'none'}): verify would not re-score "
+                f"(summary.json: {', '.join(summary.categories) or 'none'}): verify would not re-score "
                 "them and does not vouch for them; bundle the run's folder again")
         extra = [entry_id or "a line without an id" for entry_id in _result_line_ids(path.read_bytes())
                  if entry_id not in ids]
@@ -693,14 +694,14 @@ def _check_answers_carried(archive: Path, root: Path, summary: Mapping[str, Any]
                                     f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
 
 
-def _check_scores_recorded(archive: Path, root: Path, summary: Mapping[str, Any], model: str) -> None:
+def _check_scores_recorded(archive: Path, root: Path, summary: Summary, model: str) -> None:
     """Every score file the bundle carries is of a category summary.json records as scored: a category
     edited out of the summary, or edited to unscored, while its score file stays is refused (bundle
     leaves out the score files of categories its run did not score)."""
     from bfcl_ext import bridge
 
-    recorded = summary.get("categories") or {}
-    scored = {c for c, v in recorded.items() if isinstance(v, dict) and v.get("accuracy") is not None}
+    recorded = summary.categories
+    scored = set(summary.scored)
     own = model_dir_name(model)
     scores = root / "score" / own
     known = bridge.expand_categories(["all"])
@@ -715,7 +716,7 @@ def _check_scores_recorded(archive: Path, root: Path, summary: Mapping[str, Any]
                 f"{', '.join(sorted(scored)) or 'none'}): the summary does not describe the scores the bundle carries")
 
 
-def _check_selection_answered(archive: Path, root: Path, summary: Mapping[str, Any], model: str) -> None:
+def _check_selection_answered(archive: Path, root: Path, summary: Summary, model: str) -> None:
     """The bundle answers the whole selection its summary.json claims, and records what it does not.
 
     The selection follows from the summary's own record, as ``run`` makes it: its categories, the
@@ -728,11 +729,11 @@ def _check_selection_answered(archive: Path, root: Path, summary: Mapping[str, A
     """
     from bfcl_ext import bridge
 
-    recorded = summary.get("categories") or {}
+    recorded = summary.categories
     if not isinstance(recorded, dict):
         raise VerificationError(f"{archive}: summary.json 'categories' is not an object")
     try:
-        limit = recorded_limit(summary)
+        limit = summary.limit
     except ValueError as error:
         raise VerificationError(f"{archive}: {error}") from None
     known = set(bridge.expand_categories(["all"]))
@@ -770,7 +771,7 @@ def _check_selection_answered(archive: Path, root: Path, summary: Mapping[str, A
         if record.get("missing") != len(missing):
             raise VerificationError(f"{archive}: {category}: summary.json records {record.get('missing')!r} "
                                     f"without an answer among {claim} ({len(ids)} to answer), {have}")
-    if summary.get("status") == "complete" and unanswered:
+    if summary.status == "complete" and unanswered:
         raise VerificationError(f"{archive}: summary.json records status 'complete', but {unanswered} of the "
                                 f"{selected} entries it selects ({scope}) have no answer in the bundle")
     entries = summary.get("entries")
@@ -783,12 +784,12 @@ def _check_selection_answered(archive: Path, root: Path, summary: Mapping[str, A
 
 
 def _check_rescore(
-    archive: Path, root: Path, workdir: Path, summary: Mapping[str, Any], model: str, served: str
+    archive: Path, root: Path, workdir: Path, summary: Summary, model: str, served: str
 ) -> dict[str, tuple[float, int, int]]:
     from bfcl_ext import bridge
 
-    recorded = summary.get("categories") or {}
-    scored = [c for c, v in recorded.items() if isinstance(v, dict) and v.get("accuracy") is not None]
+    recorded = summary.categories
+    scored = summary.scored
     categories = _ordered_categories([*scored, *_categories_with_score_files(root)])
     rescored_dir = workdir / "rescored"
     if not categories:  # nothing was scored: the checksums were the whole story, if no score is claimed either
@@ -797,7 +798,7 @@ def _check_rescore(
     try:
         with contextlib.redirect_stdout(sys.stderr):  # the evaluator's progress lines; stdout is the verdict
             scores = bridge.rescore(str(model), str(served), root / "result", rescored_dir, categories,
-                                    partial=bool(summary.get("partial")), limit=recorded_limit(summary))
+                                    partial=summary.partial, limit=summary.limit)
     except BfclExtError as error:
         raise VerificationError(f"{archive}: cannot re-score the bundled answers: {error}") from None
     except Exception as error:  # noqa: BLE001 - the checker choking on the bundle is a verdict, not a crash
@@ -820,14 +821,6 @@ def _check_rescore(
     return {c: (s.accuracy, s.correct, s.total) for c, s in scores.items()}
 
 
-def percent_of(text: str | None) -> float | None:
-    """BFCL's "99.89%" as 0.9989 (None for "N/A" or nothing)."""
-    try:
-        return round(float(str(text).rstrip("%")) / 100, 6)
-    except ValueError:
-        return None
-
-
 def _check_leaderboard(archive: Path, summary: Mapping[str, Any], scores: Mapping[str, Any], rescored: Path) -> None:
     """summary.json's ``leaderboard`` (BFCL's weighted overall, and whether it is the whole leaderboard)
     must be what the re-scored answers give."""
@@ -842,14 +835,6 @@ def _check_leaderboard(archive: Path, summary: Mapping[str, Any], scores: Mappin
         if board.get(field_name) != value:
             raise VerificationError(f"{archive}: summary.json leaderboard.{field_name} records "
                                     f"{board.get(field_name)!r}, re-scoring the bundled answers gives {value!r}")
-
-
-def leaderboard_claim(row: Mapping[str, str] | None, unscored: Sequence[str], limit: int | None) -> dict[str, Any]:
-    """What a run may claim of BFCL's overall: its "Overall Acc", and that it is the whole leaderboard only
-    when every scoring category was scored in full (BFCL counts a missing one as 0)."""
-    overall = percent_of(row.get("Overall Acc")) if row else None
-    return {"overall_accuracy": overall, "complete": overall is not None and not unscored and limit is None,
-            "categories_not_scored": list(unscored)}
 
 
 def _ordered_categories(names: Sequence[str]) -> list[str]:
@@ -876,21 +861,13 @@ def _categories_of_score_files(names: Iterable[str]) -> list[str]:
     return found
 
 
-def _answered_categories(summary: Mapping[str, Any], score_files: Iterable[str]) -> list[str]:
+def _answered_categories(summary: Summary, score_files: Iterable[str]) -> list[str]:
     """The categories whose answers a bundle may carry: those summary.json records, and those scored."""
     from bfcl_ext import bridge
 
     known = set(bridge.expand_categories(["all"]))
-    recorded = [c for c in (summary.get("categories") or {}) if c in known]
+    recorded = [c for c in summary.categories if c in known]
     return _ordered_categories([*recorded, *_categories_of_score_files(score_files)])
-
-
-def recorded_limit(summary: Mapping[str, Any]) -> int | None:
-    """summary.json's ``limit`` (None: every entry); anything else is no limit a run could have had."""
-    limit = summary.get("limit")
-    if limit is None or (isinstance(limit, int) and not isinstance(limit, bool) and limit > 0):
-        return limit
-    raise ValueError(f"summary.json records limit {limit!r}, not a positive integer")
 
 
 def _text_lines(data: bytes) -> list[str]:
@@ -930,8 +907,8 @@ def _score_text(score: Mapping[str, Any]) -> str:
     return f"{shown} ({score.get('correct')}/{score.get('total')})"
 
 
-def _check_overall(archive: Path, summary: Mapping[str, Any], scores: Mapping[str, Any], scored: list[str]) -> None:
-    overall = summary.get("overall") or {}
+def _check_overall(archive: Path, summary: Summary, scores: Mapping[str, Any], scored: list[str]) -> None:
+    overall = summary.overall
     correct = sum(scores[c].correct for c in scored)
     total = sum(scores[c].total for c in scored)
     accuracy = correct / total if total else None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bfcl_ext import bundle as bundles
+from bfcl_ext import record
 from bfcl_ext.errors import BfclExtError, ConfigError
 from bfcl_ext.request_settings import IDENTITY_FIELDS
 
@@ -33,8 +34,8 @@ LEADERBOARD_SKIP = {"Rank", "Model Link", "Organization", "License"}
 class Run:
     label: str
     source: str
-    summary: dict[str, Any]
-    manifest: dict[str, Any]
+    summary: record.Summary
+    manifest: record.Manifest
     leaderboard: dict[str, str] | None
     leaderboard_at: str
     notes: list[str] = field(default_factory=list)
@@ -94,8 +95,8 @@ def _read_run(label: str, path: Path, root: Path) -> Run:
     summary_path = root / "summary.json"
     if not summary_path.is_file():
         raise ConfigError(SETTING, str(path), "no summary.json: not a bfcl-ext output folder or bundle")
-    summary = _read_json(path, summary_path)
-    manifest = _read_json(path, root / "manifest.json") if (root / "manifest.json").is_file() else {}
+    summary = record.Summary(_read_json(path, summary_path))
+    manifest = record.Manifest(_read_json(path, root / "manifest.json") if (root / "manifest.json").is_file() else {})
     if not manifest:
         notes.append("no manifest.json: its settings are unknown")
     is_bundle = not path.is_dir()
@@ -124,22 +125,21 @@ def _read_json(source: Path, path: Path) -> dict[str, Any]:
 
 def facts(manifest: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, str | None]:
     """The recorded facts that can change a score, flattened to strings (None: not recorded)."""
-    model = manifest.get("model") or {}
-    server = manifest.get("server") or {}
-    sampling = manifest.get("sampling") or {}
-    served = model.get("served_as") or summary.get("served_model_name")
+    manifest, summary = record.Manifest(manifest), record.Summary(summary)
+    model, server, sampling = manifest.model, manifest.server, manifest.sampling
+    served = model.get("served_as") or summary.served_model_name
     out: dict[str, str | None] = {
-        "model": _text(model.get("name") or summary.get("model")),
+        "model": _text(model.get("name") or summary.model),
         "served_model_name": _text(served),
         "handler": _text(model.get("handler") or summary.get("handler")),
-        "bfcl_eval": _text(manifest.get("bfcl_eval")),
+        "bfcl_eval": _text(manifest.bfcl_eval),
         "bfcl_ext": _text(manifest.get("bfcl_ext")),
         "bfcl_ext_commit": _text(manifest.get("bfcl_ext_commit")),
         "server.mode": _text(server.get("mode") or summary.get("mode")),
         "server.base_url": _text(server.get("base_url") or summary.get("endpoint")),
         "server.version": _text(server.get("version")),
     }
-    served_entry = _served_model_entry(server.get("models"), served)
+    served_entry = manifest.served_entry(served)
     out["server.model_root"] = _text(served_entry.get("root"))
     out["server.max_model_len"] = _text(served_entry.get("max_model_len"))
     flags = _launch_flags(server.get("launched_with"))
@@ -148,9 +148,8 @@ def facts(manifest: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, 
     out["server.tool_call_parser"] = _text(server.get("tool_call_parser") or parser_flag)
     for flag, value in flags.items():
         out[f"vllm.{flag}"] = value
-    gpus = server["gpus"] if "gpus" in server else manifest.get("gpus")  # older manifests: the host's
-    out["server.gpus"] = _text(", ".join(gpus or []) or None)
-    for role, image in (manifest.get("images") or {}).items():
+    out["server.gpus"] = _text(", ".join(manifest.server_gpus or []) or None)
+    for role, image in manifest.images.items():
         image = image or {}
         out[f"image.{role}"] = _text(image.get("digest") or image.get("reference"))
     out["model.revision"] = _text(model.get("revision"))
@@ -159,8 +158,8 @@ def facts(manifest: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, 
     out["sampling.generation_config"] = _text(sampling.get("generation_config"))
     for name in IDENTITY_FIELDS:  # max_tokens, top_p, seed, extra_body (None: not sent)
         out[f"sampling.{name}"] = _text(sampling.get(name))
-    categories = manifest.get("categories") or {}
-    out["categories"] = ",".join(categories) if categories else _text(",".join(summary.get("categories") or {}) or None)
+    categories = manifest.categories
+    out["categories"] = ",".join(categories) if categories else _text(",".join(summary.categories) or None)
     for category, hashes in categories.items():
         hashes = hashes or {}
         out[f"dataset.{category}"] = _text(hashes.get("dataset"))
@@ -173,10 +172,7 @@ def facts(manifest: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, 
 
 def status_text(summary: Mapping[str, Any]) -> str:
     """A run's status as a reader takes it: a ``--limit`` run that answered its selection is partial, not complete."""
-    status = str(summary.get("status"))
-    if status == "complete" and summary.get("partial"):
-        return f"partial (--limit {summary.get('limit')})"
-    return status
+    return record.Summary(summary).status_text
 
 
 def _text(value: Any) -> str | None:
@@ -185,14 +181,6 @@ def _text(value: Any) -> str | None:
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
     return str(value)
-
-
-def _served_model_entry(models: Any, served: Any) -> dict[str, Any]:
-    data = models.get("data") if isinstance(models, dict) else None
-    for entry in data or []:
-        if isinstance(entry, dict) and entry.get("id") == served:
-            return entry
-    return {}
 
 
 def _launch_flags(argv: Any) -> dict[str, str]:
@@ -224,17 +212,17 @@ def _launch_flags(argv: Any) -> dict[str, str]:
 
 
 def build(runs: list[Run]) -> Comparison:
-    categories = _ordered([c for run in runs for c in (run.summary.get("categories") or {})])
+    categories = _ordered([c for run in runs for c in run.summary.categories])
     accuracy: dict[str, list[float | None]] = {}
     counts: dict[str, list[str]] = {}
     for category in categories:
-        values = [(run.summary.get("categories") or {}).get(category) for run in runs]
+        values = [run.summary.categories.get(category) for run in runs]
         accuracy[category] = [_number(v.get("accuracy")) if isinstance(v, dict) else None for v in values]
         counts[category] = [_count(v) for v in values]
-    overall = [run.summary.get("overall") or {} for run in runs]
+    overall = [run.summary.overall for run in runs]
     accuracy["overall"] = [_number(o.get("accuracy")) for o in overall]
     counts["overall"] = [_count(o) for o in overall]
-    common = set.intersection(*[set(run.manifest.get("categories") or {}) for run in runs])
+    common = set.intersection(*[set(run.manifest.categories) for run in runs])
     all_facts = [  # a category only some runs have shows in "categories"; its hashes are not compared
         {k: v for k, v in run.facts.items()
          if not k.startswith(("dataset.", "ground_truth.")) or k.split(".", 1)[1] in common}
@@ -285,8 +273,8 @@ def _runs_table(runs: list[Run]) -> Table:
     rows = []
     for run in runs:
         summary = run.summary
-        scope = f"first {summary.get('limit')} entries per category" if summary.get("partial") else "full categories"
-        rows.append([run.label, run.source, str(summary.get("model")), status_text(summary), scope])
+        scope = f"first {summary.get('limit')} entries per category" if summary.partial else "full categories"
+        rows.append([run.label, run.source, str(summary.model), summary.status_text, scope])
     notes = [f"{run.label}: {note}" for run in runs for note in run.notes]
     return Table("runs", ["run", "source", "model", "status", "scope"], rows, notes)
 

@@ -8,12 +8,10 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bfcl_ext import bridge, concurrency, folder_lock, generation, manifest, provenance, readiness, run_identity
-from bfcl_ext.bundle import leaderboard_claim, read_leaderboard
+from bfcl_ext import bridge, concurrency, folder_lock, generation, provenance, readiness, record, run_identity
 from bfcl_ext.config import AUTO_THREADS, DEFAULT_NUM_THREADS, SEARCH_KEY_VARIABLE, Settings, require_run_settings
 from bfcl_ext.endpoint import Endpoint
 from bfcl_ext.errors import ConfigError, EntriesFailedError, NotReadyError
@@ -21,7 +19,6 @@ from bfcl_ext.server import ManagedServer, choose_port, server_command
 from bfcl_ext.signals import Interruptions
 
 MIN_FREE_BYTES = 200 * 1024 * 1024
-VLLM_MIN_TEMPERATURE = 0.01  # vLLM raises any lower temperature to this
 OUTPUT_SETTING = "BFCL_EXT_OUTPUT_DIR/--output-dir"
 
 
@@ -124,7 +121,7 @@ def _settings_identity(settings: Settings) -> dict[str, Any]:
 
 def _server_identity(settings: Settings, info: readiness.ServerInfo) -> dict[str, Any]:
     return {**_settings_identity(settings), "server_version": info.version,
-            "model_root": _served_root(info.models_payload, settings.model_name_served)}
+            "model_root": record.served_model_entry(info.models_payload, settings.model_name_served).get("root")}
 
 
 def _check_output_dir(path: Path) -> None:
@@ -260,7 +257,8 @@ def _run_locked(
               file=sys.stderr)
         if pending and bridge.needs_tokenizer(session):
             source = bridge.load_tokenizer(session, settings.model_name_served, settings.tokenizer,
-                                           _served_root(info.models_payload, settings.model_name_served))
+                                           record.served_model_entry(info.models_payload,
+                                                                     settings.model_name_served).get("root"))
             print(f"bfcl-ext: the tokenizer comes from {source}", file=sys.stderr)
         report = _generate(settings, server, session, pending, interruptions)
         if report.fatal is None:  # after an output error the disk may take nothing more: the rerun sorts
@@ -273,7 +271,7 @@ def _run_locked(
         if report.fatal is not None:  # an answer could not be written, or a worker failed: stop here
             _write_outputs_if_possible(context)
             raise report.fatal
-        summary = write_outputs(context, scores)
+        summary = record.write(context, scores)
     interruptions.raise_if_stopped()
     print_table(summary)
     missing = sorted({e["id"] for e in entries} - answered)
@@ -403,213 +401,16 @@ class RunContext:
     tools: Tools = Tools()
 
 
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, tz=timezone.utc).isoformat(timespec="seconds")
-
-
-def write_outputs(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) -> dict[str, Any]:
-    settings = context.settings
-    summary = _summary(context, scores)
-    secrets = manifest.secrets_of(settings)
-    manifest.write_json(settings.output_dir / "summary.json", summary, secrets)
-    manifest.write_json(settings.output_dir / "manifest.json", _manifest(context), secrets)
-    manifest.scrub_files(settings.output_dir, secrets)  # a key the server echoed into answers or scores
-    return summary
-
-
 def _write_outputs_if_possible(context: RunContext) -> None:
     """After a fatal error: summary.json and manifest.json if the disk still takes them; else the
     ones from before stay as they were and no half-written temporary is left behind."""
     try:
-        write_outputs(context, {})
+        record.write(context, {})
     except OSError as error:
         print(f"bfcl-ext: summary.json not updated ({error.strerror or error})", file=sys.stderr)
         for name in ("summary.json", "manifest.json"):  # manifest.write_json's temporaries
             with contextlib.suppress(OSError):
                 (context.settings.output_dir / f".{name}.tmp").unlink(missing_ok=True)
-
-
-def _summary(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) -> dict[str, Any]:
-    settings, report = context.settings, context.report
-    per_category: dict[str, Any] = {}
-    for category in context.categories:
-        ids = [e["id"] for e in context.entries if bridge.category_of(e["id"]) == category]
-        missing = [i for i in ids if i not in context.answered]
-        score = scores.get(category)
-        per_category[category] = (
-            {"accuracy": score.accuracy, "correct": score.correct, "total": score.total}
-            if score else {"accuracy": None, "correct": None, "total": len(ids), "missing": len(missing)}
-        )
-    scored = [s for s in scores.values()]
-    correct = sum(s.correct for s in scored)
-    total = sum(s.total for s in scored)
-    return {
-        "model": settings.model,
-        "served_model_name": settings.model_name_served,
-        "endpoint": context.server.endpoint.base_url,
-        "status": _status(context),
-        "mode": "skip" if settings.skip_vllm else "managed",
-        "handler": context.session.mode,
-        "partial": settings.limit is not None,
-        "limit": settings.limit,
-        "categories": per_category,
-        "overall": {
-            "accuracy": (correct / total) if total else None, "correct": correct, "total": total,
-            "note": "entry-weighted over the categories scored; BFCL's weighted overall is in score/data_overall.csv",
-        },
-        "leaderboard": _leaderboard(context, scores),
-        "entries": {
-            "selected": len(context.entries),
-            "answered": len(context.answered & {e["id"] for e in context.entries}),
-            "answered_this_run": report.answered,
-            "retried": report.entries_retried,
-            "failed": len(report.failed_ids),
-            "failed_ids": report.failed_ids,
-            "repaired_on_resume": context.repaired,
-        },
-        "requests": context.session.stats.as_dict(),
-        "web_search": (
-            {"calls": context.tools.search.calls, "failed": context.tools.search.failed,
-             "retried": context.tools.search.retried}
-            if context.tools.search else None
-        ),
-        "server_recoveries": report.recoveries,
-        "durations_s": {
-            "wait_for_server": round(context.ready_at - context.started, 3),
-            "generation_and_evaluation": round(context.finished - context.ready_at, 3),
-            "total": round(context.finished - context.started, 3),
-            "first_request_after_ready": (
-                round(report.first_request_at - context.ready_at, 3) if report.first_request_at else None
-            ),
-        },
-        "started_at": _iso(context.started),
-        "finished_at": _iso(context.finished),
-    }
-
-
-def _leaderboard(context: RunContext, scores: Mapping[str, bridge.CategoryScore]) -> dict[str, Any]:
-    """BFCL's own weighted overall (score/data_overall.csv), and whether it covers the whole leaderboard.
-
-    BFCL counts a category it has no score for as 0, so an overall over fewer categories, or
-    over the first N entries of each, is not a leaderboard number: it is marked partial.
-    """
-    settings = context.settings
-    row = read_leaderboard(settings.output_dir, {"model": settings.model,
-                                                 "served_model_name": settings.model_name_served})
-    unscored = [category for category in bridge.scoring_categories() if category not in scores]
-    return {
-        **leaderboard_claim(row, unscored, settings.limit),
-        "not_run": dict(context.plan.not_run) if context.plan else {},
-        "note": "BFCL's weighted overall (non-live 10%, live 10%, irrelevance 10%, multi-turn 30%, agentic 40%), "
-                "as in score/data_overall.csv; a category not scored counts as 0 there",
-    }
-
-
-def _status(context: RunContext) -> str:
-    if context.report.stopped:
-        return "interrupted"
-    wanted = {e["id"] for e in context.entries}
-    return "complete" if wanted <= context.answered else "incomplete"
-
-
-def _manifest(context: RunContext) -> dict[str, Any]:
-    settings = context.settings
-    launched_with = _launched_with(context.server.managed, context.server_facts)
-    host = manifest.host_facts()
-    return {
-        "bfcl_eval": bridge.installed_version(),
-        **host,
-        "command": manifest.redact_argv(context.argv),
-        "settings": settings.redacted(),
-        "environment": manifest.redact_environment(context.settings.environment),
-        "server": _server_record(context, launched_with, host["gpus"]),
-        "images": _images_record(settings, context.server_facts),
-        "sampling": {
-            "temperature_sent": settings.temperature,
-            # a server that answers /version is vLLM here; others' clamping is unknown
-            "temperature_effective": (
-                max(settings.temperature, VLLM_MIN_TEMPERATURE) if context.info.version else None
-            ),
-            "note": "vLLM raises temperatures below 0.01 to 0.01; without --generation-config vllm it also "
-                    "applies the model's generation_config.json defaults (top_k, top_p, repetition_penalty)",
-            "generation_config": _generation_config(launched_with),
-            **settings.request.record(),  # None: not sent, the server's default (prompt mode: BFCL's max_tokens)
-        },
-        "model": {
-            "name": settings.model, "served_as": settings.model_name_served, "handler": context.session.mode,
-            "revision": settings.model_revision,
-            "root": _served_root(context.info.models_payload, settings.model_name_served),
-        },
-        "categories": bridge.dataset_hashes(context.categories),
-        "tools": {
-            "web_search": {"base_url": context.tools.search_base_url} if context.tools.search else None,
-            "embedding_model": context.tools.embedding,
-        },
-        "threads": settings.num_threads,
-        "concurrency": context.report.concurrency or None,
-        "limit": settings.limit,
-        "started_at": _iso(context.started),
-        "finished_at": _iso(context.finished),
-    }
-
-
-def _launched_with(managed: ManagedServer | None, facts: provenance.ServerFacts | None) -> list[str] | None:
-    """Managed: the command bfcl-ext ran; skip: the one the server facts declare; None: not known."""
-    argv = managed.argv if managed else (facts.command if facts else None)
-    return manifest.redact_argv(argv) if argv else None
-
-
-def _server_record(context: RunContext, launched_with: list[str] | None, host_gpus: list[str]) -> dict[str, Any]:
-    """``host_gpus``: this host's, which a managed server runs on."""
-    managed, facts = context.server.managed, context.server_facts
-    return {
-        "mode": "managed" if managed else "skip",
-        "base_url": context.server.endpoint.base_url,
-        "version": context.info.version,
-        "models": context.info.models_payload,
-        "launched_with": launched_with,
-        "tool_call_parser": _tool_call_parser(launched_with, facts),
-        "gpus": host_gpus if managed else (facts.gpus if facts else None),
-        "facts": _facts_record(facts),
-    }
-
-
-def _images_record(settings: Settings, facts: provenance.ServerFacts | None) -> dict[str, Any]:
-    labels = provenance.runner_labels_file(settings.runner_image, settings.apptainer_image)
-    return {
-        "runner": provenance.image_identity(settings.runner_image, labels),
-        "server": provenance.image_identity(settings.server_image or (facts.image if facts else None)),
-    }
-
-
-def _generation_config(launched_with: list[str] | None) -> str | None:
-    if not launched_with:
-        return None  # not knowable from outside the server
-    return manifest.flag_value(launched_with, "--generation-config") or "auto"  # vLLM's default
-
-
-def _tool_call_parser(launched_with: list[str] | None, facts: provenance.ServerFacts | None) -> str | None:
-    """From the server's command line, else as the facts file declares it; None: not known (or none)."""
-    if launched_with:
-        return manifest.flag_value(launched_with, "--tool-call-parser")
-    return facts.tool_call_parser if facts else None
-
-
-def _facts_record(facts: provenance.ServerFacts | None) -> dict[str, Any] | None:
-    if facts is None:
-        return None
-    record = dict(facts.values, path=str(facts.path))
-    if facts.command is not None:
-        record["command"] = manifest.redact_argv(facts.command)
-    return record
-
-
-def _served_root(models_payload: Mapping[str, Any], served_name: str) -> str | None:
-    """vLLM's /v1/models names what it loaded (`root`: a hub id or a local path)."""
-    for model in models_payload.get("data", []):
-        if isinstance(model, dict) and model.get("id") == served_name:
-            return model.get("root")
-    return None
 
 
 def print_table(summary: Mapping[str, Any]) -> None:

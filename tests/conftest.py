@@ -161,12 +161,10 @@ def read_json(path: Path) -> Any:
 
 def assert_outputs_match_schemas(output_dir: Path) -> None:
     """summary.json and manifest.json as schemas/ documents them."""
-    from jsonschema import Draft202012Validator
+    from bfcl_ext import record
 
     for name in ("summary", "manifest"):
-        schema = read_json(REPO_ROOT / "schemas" / f"{name}.schema.json")
-        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-                  for e in Draft202012Validator(schema).iter_errors(read_json(output_dir / f"{name}.json"))]
+        errors = record.validation_errors(name, read_json(output_dir / f"{name}.json"))
         assert not errors, f"{name}.json does not match schemas/{name}.schema.json: {errors[:5]}"
 
 
