@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bfcl_ext import bridge
+from bfcl_ext.standin.request import text_of
 
 CATEGORIES: tuple[str, ...] = (
     "multi_turn_base",
@@ -160,7 +161,7 @@ def _entry(raw: dict[str, Any], category: str, ground_truth: list[list[str]], ad
             names |= {doc["name"] for doc in held_back[index]}
             users.append(added_prompt.strip())
         else:
-            users.append(" ".join(_text(m.get("content")).strip() for m in messages if m.get("role") == "user"))
+            users.append(" ".join(text_of(m.get("content")).strip() for m in messages if m.get("role") == "user"))
         tools.append(frozenset(names))
     return Entry(
         id=raw["id"],
@@ -229,7 +230,7 @@ class Conversation:
                 continue
             role = message.get("role")
             if role == "user":
-                users.append(_text(message.get("content")).strip())
+                users.append(text_of(message.get("content")).strip())
                 turns.append([])
             elif role == "assistant" and turns:
                 tool_calls = message.get("tool_calls") or []
@@ -239,7 +240,7 @@ class Conversation:
                 )
                 turns[-1].append(_Step(calls, [], probe))
             elif role == "tool" and turns and turns[-1]:
-                turns[-1][-1].outputs.append(_text(message.get("content")))
+                turns[-1][-1].outputs.append(text_of(message.get("content")))
         return cls(tuple(users), turns)
 
     def executed(self, before_turn: int) -> list[Call]:
@@ -257,14 +258,6 @@ def _decoded(tool_call: dict[str, Any]) -> Call:
     except ValueError:
         arguments = {}
     return Call(str(function.get("name", "")), arguments if isinstance(arguments, dict) else {})
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
 
 
 # --------------------------------------------------------------------------- simulation
